@@ -1,0 +1,38 @@
+"""XLM-RoBERTa in JAX/Flax NNX: every task head of the reference, streaming checkpoint loading."""
+
+from xlmr_jax.config import PRESETS, XLMRobertaConfig
+from xlmr_jax.modeling import (
+    KVCache,
+    XLMRobertaForCausalLM,
+    XLMRobertaForMaskedLM,
+    XLMRobertaForMultipleChoice,
+    XLMRobertaForQuestionAnswering,
+    XLMRobertaForSequenceClassification,
+    XLMRobertaForTokenClassification,
+    XLMRobertaModel,
+)
+from xlmr_jax.weights import CheckpointError
+
+MODEL_CLASSES = {
+    cls.hf_architecture: cls
+    for cls in (
+        XLMRobertaModel, XLMRobertaForMaskedLM, XLMRobertaForCausalLM, XLMRobertaForSequenceClassification,
+        XLMRobertaForMultipleChoice, XLMRobertaForTokenClassification, XLMRobertaForQuestionAnswering,
+    )
+}
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "KVCache",
+    "MODEL_CLASSES",
+    "XLMRobertaConfig",
+    "XLMRobertaForCausalLM",
+    "XLMRobertaForMaskedLM",
+    "XLMRobertaForMultipleChoice",
+    "XLMRobertaForQuestionAnswering",
+    "XLMRobertaForSequenceClassification",
+    "XLMRobertaForTokenClassification",
+    "XLMRobertaModel",
+]
+__version__ = "0.1.0"

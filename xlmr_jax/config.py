@@ -1,0 +1,237 @@
+"""XLM-RoBERTa configuration: a frozen dataclass that reads and writes HF `config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+# The two layouts of the reference, served by the same classes here.
+POST_LN_MODEL_TYPES = ("xlm-roberta", "roberta")
+PRE_LN_MODEL_TYPE = "xlm-roberta-xl"
+
+# What `transformers` fills in when a key is absent from config.json. These are the reference
+# CLASS defaults, not the released checkpoints' values (eps 1e-12 vs 1e-5, type_vocab 2 vs 1...):
+# reading a config.json must give what the reference would build from the same file.
+_HF_CLASS_DEFAULTS = {
+    "xlm-roberta": dict(
+        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12,
+    ),
+    "xlm-roberta-xl": dict(
+        vocab_size=250880, hidden_size=2560, num_hidden_layers=36, num_attention_heads=32,
+        intermediate_size=10240, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
+    ),
+}
+_HF_CLASS_DEFAULTS["roberta"] = _HF_CLASS_DEFAULTS["xlm-roberta"]
+
+_SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
+_PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
+
+# Keys of config.json that are ours to interpret; every other key is kept verbatim in `extra`
+# so that writing the config back loses nothing the user had.
+_OWN_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size", "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob",
+    "max_position_embeddings", "type_vocab_size", "initializer_range", "layer_norm_eps",
+    "pad_token_id", "bos_token_id", "eos_token_id", "use_cache", "classifier_dropout", "is_decoder",
+    "add_cross_attention", "tie_word_embeddings", "problem_type", "id2label", "label2id",
+    "num_labels", "position_embedding_type",
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class XLMRobertaConfig:
+    """Hyper-parameters of an XLM-RoBERTa model.
+
+    The defaults are those of the released `xlm-roberta-base` checkpoint. Use `from_json_file` /
+    `from_dict` for a checkpoint's own config (missing keys then take the reference's class
+    defaults, exactly as `transformers` would), or a preset: `XLMRobertaConfig.preset("large")`.
+    """
+
+    model_type: str = "xlm-roberta"
+    vocab_size: int = 250002
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    use_cache: bool = True
+    classifier_dropout: float | None = None
+    is_decoder: bool = False
+    add_cross_attention: bool = False
+    tie_word_embeddings: bool = True
+    problem_type: str | None = None
+    id2label: dict[int, str] | None = None
+    # Not part of config.json: recompute each layer in the backward pass to save activation memory.
+    remat: bool = False
+    # Unknown config.json keys, written back unchanged by `to_dict`.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.model_type not in POST_LN_MODEL_TYPES + (PRE_LN_MODEL_TYPE,):
+            raise ValueError(
+                f"config model_type={self.model_type!r} is not supported; expected one of "
+                f"{POST_LN_MODEL_TYPES + (PRE_LN_MODEL_TYPE,)}"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"config hidden_size={self.hidden_size} is not divisible by "
+                f"num_attention_heads={self.num_attention_heads}"
+            )
+        if self.hidden_act not in _SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"config hidden_act={self.hidden_act!r} is not supported; expected one of {_SUPPORTED_ACTIVATIONS}"
+            )
+        if self.problem_type not in _PROBLEM_TYPES:
+            raise ValueError(f"config problem_type={self.problem_type!r}; expected one of {_PROBLEM_TYPES}")
+        if self.add_cross_attention and not self.is_decoder:
+            raise ValueError("config add_cross_attention=True needs is_decoder=True (as in the reference)")
+        for name in ("vocab_size", "num_hidden_layers", "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config {name}={getattr(self, name)} must be >= 1")
+
+    def __hash__(self) -> int:
+        # Modules keep the config as static metadata, which jit hashes; dict fields are frozen here.
+        return hash(json.dumps(dataclasses.asdict(self), sort_keys=True, default=str))
+
+    # -- derived values -------------------------------------------------------------------
+    @property
+    def pre_layer_norm(self) -> bool:
+        """True for the XL/XXL layout (LayerNorm before each sub-layer, final encoder LayerNorm)."""
+        return self.model_type == PRE_LN_MODEL_TYPE
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.id2label) if self.id2label else 2
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest sequence whose position ids fit: positions start at pad_token_id + 1."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+    @property
+    def classifier_dropout_rate(self) -> float:
+        if self.classifier_dropout is None:
+            return self.hidden_dropout_prob
+        return self.classifier_dropout
+
+    def replace(self, **changes: Any) -> XLMRobertaConfig:
+        """A copy with some fields changed; `num_labels=N` is accepted and sets `id2label`."""
+        if "num_labels" in changes:
+            n = changes.pop("num_labels")
+            changes.setdefault("id2label", {i: f"LABEL_{i}" for i in range(n)})
+        return dataclasses.replace(self, **changes)
+
+    # -- presets --------------------------------------------------------------------------
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> XLMRobertaConfig:
+        """Released sizes: "base", "large", "xl" (3.5B) or "xxl" (10.7B)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+        return cls(**PRESETS[name]).replace(**overrides)
+
+    # -- HF config.json -------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> XLMRobertaConfig:
+        """Build from an HF config dict; `source` names the file in error messages."""
+        data = dict(data)
+        model_type = data.get("model_type", "xlm-roberta")
+        if model_type not in _HF_CLASS_DEFAULTS:
+            raise ValueError(
+                f"{source}: model_type={model_type!r} is not an XLM-RoBERTa model; expected one of "
+                f"{sorted(_HF_CLASS_DEFAULTS)}"
+            )
+        position_embedding_type = data.get("position_embedding_type", "absolute")
+        if position_embedding_type != "absolute":
+            raise ValueError(
+                f"{source}: position_embedding_type={position_embedding_type!r} is not supported; "
+                "only 'absolute' (the type of every released XLM-R checkpoint)"
+            )
+        kwargs: dict[str, Any] = {**_HF_CLASS_DEFAULTS[model_type]}
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key in _OWN_KEYS:
+            if key in data and key in fields:
+                kwargs[key] = data[key]
+        if data.get("id2label") is not None:
+            kwargs["id2label"] = {int(k): v for k, v in data["id2label"].items()}
+        elif data.get("num_labels") is not None:
+            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if kwargs.get(key) is None:
+                kwargs[key] = getattr(cls, key)
+        if isinstance(kwargs.get("eos_token_id"), list):
+            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in _OWN_KEYS}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source}: {err}") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> XLMRobertaConfig:
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data, source=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """An HF config dict that `transformers.AutoConfig` reads back to the same model."""
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name in ("extra", "remat", "id2label"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        out["position_embedding_type"] = "absolute"
+        if self.id2label is not None:
+            out["id2label"] = {str(k): v for k, v in self.id2label.items()}
+            out["label2id"] = {v: k for k, v in self.id2label.items()}
+        if self.pre_layer_norm:
+            out["architectures"] = out.get("architectures", ["XLMRobertaXLModel"])
+        return out
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        """Write config.json atomically (temp file, then rename)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+            fh.write("\n")
+        os.replace(tmp, path)
+
+
+_RELEASED = dict(
+    layer_norm_eps=1e-5, type_vocab_size=1, max_position_embeddings=514, pad_token_id=1,
+    bos_token_id=0, eos_token_id=2, hidden_act="gelu",
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    "base": dict(_RELEASED, model_type="xlm-roberta", vocab_size=250002, hidden_size=768,
+                 num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "large": dict(_RELEASED, model_type="xlm-roberta", vocab_size=250002, hidden_size=1024,
+                  num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "xl": dict(_RELEASED, model_type="xlm-roberta-xl", vocab_size=250880, hidden_size=2560,
+               num_hidden_layers=36, num_attention_heads=32, intermediate_size=10240),
+    "xxl": dict(_RELEASED, model_type="xlm-roberta-xl", vocab_size=250880, hidden_size=4096,
+                num_hidden_layers=48, num_attention_heads=32, intermediate_size=16384),
+}

@@ -1,0 +1,118 @@
+"""Small building blocks shared by every module: dense layers, LayerNorm, embeddings, dropout."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xlmr_jax.config import XLMRobertaConfig
+
+_ACTIVATIONS = {
+    # "gelu" in the reference is the exact erf form; jax.nn.gelu defaults to the tanh approximation.
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str):
+    return _ACTIVATIONS[name]
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x, approximate=False)
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    config: XLMRobertaConfig,
+    *,
+    dtype: jnp.dtype,
+    param_dtype: jnp.dtype,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+) -> nnx.Linear:
+    """A Linear initialised like the reference (normal(initializer_range), zero bias)."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=nnx.initializers.normal(config.initializer_range),
+        bias_init=nnx.initializers.zeros_init(),
+        rngs=rngs,
+    )
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 whatever the compute dtype, returned in the compute dtype."""
+
+    def __init__(self, features: int, eps: float, *, dtype: jnp.dtype, param_dtype: jnp.dtype):
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((features,), param_dtype))
+        self.eps = eps
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        centred = x32 - mean
+        var = jnp.mean(jnp.square(centred), axis=-1, keepdims=True)
+        y = centred * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class Embedding(nnx.Module):
+    """A lookup table whose param is named `embedding` (the Flax convention)."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        config: XLMRobertaConfig,
+        *,
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+        padding_idx: int | None = None,
+    ):
+        table = nnx.initializers.normal(config.initializer_range)(
+            rngs.params(), (num_embeddings, features), param_dtype
+        )
+        if padding_idx is not None and padding_idx < num_embeddings:
+            # nn.Embedding(padding_idx=...) in the reference starts that row at zero.
+            table = table.at[padding_idx].set(0)
+        self.embedding = nnx.Param(table)
+        self.num_embeddings = num_embeddings
+        self.dtype = dtype
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        # Under jit ids cannot be range-checked on the host; an id outside the table (negative
+        # ones included) gives NaN rows instead of XLA's silent clamp, so a bad id is never a
+        # plausible-looking answer.
+        ids = jnp.where(ids < 0, self.num_embeddings, ids)
+        table = self.embedding[...].astype(self.dtype)
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None, deterministic: bool) -> jax.Array:
+    """Inverted dropout; a no-op unless `deterministic` is False and the rate is positive."""
+    if deterministic or rate == 0.0:
+        return x
+    if rng is None:
+        raise ValueError("deterministic=False needs dropout_rng=jax.random.key(...) for dropout")
+    keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def fold_key(rng: jax.Array | None, tag: int) -> jax.Array | None:
+    """A distinct key for each dropout site, or None when dropout is off."""
+    return None if rng is None else jax.random.fold_in(rng, tag)

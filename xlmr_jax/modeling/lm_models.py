@@ -1,0 +1,122 @@
+"""Language-model heads: masked LM and causal LM (decoder, cross-attention, KV cache)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xlmr_jax.config import XLMRobertaConfig
+from xlmr_jax.modeling import losses
+from xlmr_jax.modeling import validation as v
+from xlmr_jax.modeling.cache import KVCache
+from xlmr_jax.modeling.heads import XLMRobertaLMHead
+from xlmr_jax.modeling.layers import fold_key
+from xlmr_jax.modeling.model import XLMRobertaModel
+from xlmr_jax.modeling.outputs import CausalLMOutput, MaskedLMOutput
+from xlmr_jax.pretrained import PreTrainedMixin
+
+
+class _LMBase(PreTrainedMixin, nnx.Module):
+    hf_prefix = "roberta"
+
+    def __init__(self, config: XLMRobertaConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None):
+        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.config = config
+        self.dtype = dtype
+        self.roberta = XLMRobertaModel(config, add_pooling_layer=False, **kw)
+        self.lm_head = XLMRobertaLMHead(config, **kw)
+
+    def logits(self, hidden_states: jax.Array) -> jax.Array:
+        return self.lm_head(hidden_states, self.roberta.embeddings.word_embeddings.embedding[...])
+
+
+class XLMRobertaForMaskedLM(_LMBase):
+    """Masked LM: logits over the vocabulary; `labels` (-100 = ignored) give the MLM loss."""
+
+    hf_architecture = "XLMRobertaForMaskedLM"
+
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        *,
+        inputs_embeds=None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        deterministic: bool = True,
+        dropout_rng=None,
+    ) -> MaskedLMOutput:
+        out = self.roberta(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds=inputs_embeds,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            deterministic=deterministic, dropout_rng=fold_key(dropout_rng, 0),
+        )
+        logits = self.logits(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            v.check_labels("labels", labels, [logits.shape[:2]], integer=True)
+            loss = losses.cross_entropy(logits, labels)
+        return MaskedLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
+                              attentions=out.attentions)
+
+
+class XLMRobertaForCausalLM(_LMBase):
+    """Decoder LM (needs `config.is_decoder=True`), optional cross-attention and KV cache.
+
+    `labels` are the input ids themselves (-100 = ignored): the loss shifts them by one."""
+
+    hf_architecture = "XLMRobertaForCausalLM"
+
+    def __init__(self, config: XLMRobertaConfig, **kwargs):
+        if not config.is_decoder:
+            raise ValueError("XLMRobertaForCausalLM needs config.is_decoder=True "
+                             "(use config.replace(is_decoder=True))")
+        super().__init__(config, **kwargs)
+
+    def init_cache(self, batch_size: int, max_length: int, *, encoder_hidden_states=None, dtype=None) -> KVCache:
+        return self.roberta.init_cache(batch_size, max_length, encoder_hidden_states=encoder_hidden_states,
+                                       dtype=dtype)
+
+    def __call__(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        labels=None,
+        *,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        deterministic: bool = True,
+        dropout_rng=None,
+    ) -> CausalLMOutput:
+        out = self.roberta(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds=inputs_embeds,
+            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
+            cache=cache, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+            deterministic=deterministic, dropout_rng=fold_key(dropout_rng, 0),
+        )
+        logits = self.logits(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            v.check_labels("labels", labels, [logits.shape[:2]], integer=True)
+            loss = losses.causal_lm_loss(logits, labels)
+        return CausalLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
+                              attentions=out.attentions, cross_attentions=out.cross_attentions,
+                              cache=out.cache)
+
+    def generate(self, input_ids, max_new_tokens: int, **kwargs):
+        """Greedy or sampled continuation with the KV cache; see `xlmr_jax.generation.generate`."""
+        from xlmr_jax.generation import generate
+
+        return generate(self, input_ids, max_new_tokens, **kwargs)

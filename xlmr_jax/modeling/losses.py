@@ -1,0 +1,69 @@
+"""Losses of the reference's heads, always computed in float32."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+IGNORE_INDEX = -100
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX) -> jax.Array:
+    """Mean cross-entropy over labels != ignore_index (torch's CrossEntropyLoss).
+
+    Where every label is ignored torch returns NaN; this returns 0 so that one empty batch does not
+    poison a training run (the one deliberate difference from the reference).
+    """
+    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    labels = labels.reshape(-1)
+    valid = labels != ignore_index
+    safe_labels = jnp.where(valid, labels, 0)
+    per_token = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
+    total = jnp.sum(jnp.where(valid, per_token, 0.0))
+    return total / jnp.maximum(jnp.sum(valid), 1)
+
+
+def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Next-token loss: position t predicts labels[t + 1]; the last position has no target."""
+    return cross_entropy(logits[:, :-1], labels[:, 1:])
+
+
+def mse(predictions: jax.Array, targets: jax.Array) -> jax.Array:
+    diff = predictions.astype(jnp.float32) - targets.astype(jnp.float32)
+    return jnp.mean(jnp.square(diff))
+
+
+def binary_cross_entropy_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets.astype(jnp.float32)))
+
+
+def sequence_classification_loss(
+    logits: jax.Array, labels: jax.Array, num_labels: int, problem_type: str | None
+) -> jax.Array:
+    """The reference's problem_type rule: one label -> regression (MSE); integer labels ->
+    single-label cross-entropy; anything else -> multi-label BCE-with-logits."""
+    if problem_type is None:
+        if num_labels == 1:
+            problem_type = "regression"
+        elif jnp.issubdtype(labels.dtype, jnp.integer):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+    if problem_type == "regression":
+        if num_labels == 1:
+            return mse(jnp.squeeze(logits), jnp.squeeze(labels))
+        return mse(logits, labels)
+    if problem_type == "single_label_classification":
+        return cross_entropy(logits, labels)
+    return binary_cross_entropy_with_logits(logits, labels)
+
+
+def span_loss(start_logits, end_logits, start_positions, end_positions) -> jax.Array:
+    """QA loss: positions clamped to [0, length]; `length` itself is ignored (out of the window)."""
+    length = start_logits.shape[1]
+    start_positions = jnp.clip(start_positions.reshape(-1), 0, length)
+    end_positions = jnp.clip(end_positions.reshape(-1), 0, length)
+    start = cross_entropy(start_logits, start_positions, ignore_index=length)
+    end = cross_entropy(end_logits, end_positions, ignore_index=length)
+    return (start + end) / 2
