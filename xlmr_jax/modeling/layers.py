@@ -92,6 +92,7 @@ class Embedding(nnx.Module):
             table = table.at[padding_idx].set(0)
         self.embedding = nnx.Param(table)
         self.num_embeddings = num_embeddings
+        self.padding_idx = padding_idx
         self.dtype = dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:
@@ -100,7 +101,11 @@ class Embedding(nnx.Module):
         # plausible-looking answer.
         ids = jnp.where(ids < 0, self.num_embeddings, ids)
         table = self.embedding[...].astype(self.dtype)
-        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        rows = jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+        if self.padding_idx is not None:
+            # As torch's padding_idx: lookups of the pad row pass no gradient to it.
+            rows = jnp.where((ids == self.padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
+        return rows
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None, deterministic: bool) -> jax.Array:

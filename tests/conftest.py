@@ -1,0 +1,29 @@
+"""Test-wide settings: 8 forced CPU devices (before jax is imported) and exact fp32 matmuls."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint(tmp_path_factory):
+    """(torch model, checkpoint dir) for a tiny randomised reference model, built once per session."""
+    from reference_models import build_reference, save_reference
+
+    built = {}
+
+    def get(layout: str, arch: str, seed: int = 0, **overrides):
+        key = (layout, arch, seed, tuple(sorted(overrides.items())))
+        if key not in built:
+            model = build_reference(layout, arch, seed=seed, **overrides)
+            directory = tmp_path_factory.mktemp(f"{arch}-{layout}")
+            built[key] = (model, save_reference(model, directory))
+        return built[key]
+
+    return get
