@@ -193,7 +193,7 @@ class XLMRobertaConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+            raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")  # noqa: TRY004
         return cls.from_dict(data, source=path)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,15 +14,16 @@ class XLMRobertaLMHead(nnx.Module):
     """dense -> exact GELU -> layer_norm -> decoder (tied to the word embeddings) + `bias`.
 
     The bias is added once; the reference's `lm_head.decoder.bias` is an alias of it. With
-    `tie_word_embeddings=False` the decoder has its own kernel."""
+    `tie_word_embeddings=False` the decoder has its own kernel and bias."""
 
     def __init__(self, config: XLMRobertaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
         h = config.hidden_size
         self.dense = dense(h, h, config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layer_norm = LayerNorm(h, config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype)
         if not config.tie_word_embeddings:
-            self.decoder = dense(h, config.vocab_size, config, dtype=dtype, param_dtype=param_dtype,
-                                 rngs=rngs, use_bias=False)
+            # Untied (transformers v5): the decoder owns its weight AND bias; `lm_head.bias` stays a
+            # parameter of the checkpoint but no longer enters the logits.
+            self.decoder = dense(h, config.vocab_size, config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.bias = nnx.Param(jnp.zeros((config.vocab_size,), param_dtype))
         self.tied = config.tie_word_embeddings
         self.dtype = dtype
@@ -32,10 +33,9 @@ class XLMRobertaLMHead(nnx.Module):
         return self.layer_norm(exact_gelu(self.dense(features)))
 
     def project(self, x: jax.Array, word_embeddings: jax.Array) -> jax.Array:
-        if self.tied:
-            logits = jnp.einsum("...h,vh->...v", x, word_embeddings.astype(self.dtype))
-        else:
-            logits = self.decoder(x)
+        if not self.tied:
+            return self.decoder(x)
+        logits = jnp.einsum("...h,vh->...v", x, word_embeddings.astype(self.dtype))
         return logits + self.bias[...].astype(self.dtype)
 
     def __call__(self, features: jax.Array, word_embeddings: jax.Array) -> jax.Array:

@@ -65,7 +65,7 @@ class SafetensorsCheckpoint(contextlib.AbstractContextManager):
         self.tensors: dict[str, TensorInfo] = {}
         for path in files:
             handle = self._open(path)
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
                 if key in self.tensors:
                     raise CheckpointError(f"tensor {key!r} appears in both {self.tensors[key].file} and {path}")
                 sl = handle.get_slice(key)

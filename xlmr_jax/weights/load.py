@@ -50,7 +50,7 @@ def _relative(key: str, hf_prefix: str) -> tuple[str, bool]:
     for old, new in table.LEGACY_SUFFIXES.items():
         if key.endswith(old) and ("LayerNorm" in key or "layer_norm" in key):
             key = key[: -len(old)] + new
-    stripped = key[len("roberta."):] if key.startswith("roberta.") else key
+    stripped = key.removeprefix("roberta.")
     if stripped.startswith(table.BACKBONE_ROOTS):
         return stripped, True
     return key, False
@@ -75,8 +75,8 @@ def plan_load(abstract_state, checkpoint: SafetensorsCheckpoint, hf_prefix: str,
         relative, backbone = _relative(key, hf_prefix)
         if backbone and relative in table.IGNORED_BACKBONE_KEYS:
             continue
-        if not backbone and relative in table.ALIASES:
-            canonical = table.ALIASES[relative]
+        if not backbone and config.tie_word_embeddings and relative in table.TIED_ALIASES:
+            canonical = table.TIED_ALIASES[relative]
             if canonical in present or f"roberta.{canonical}" in present:
                 continue
             relative = canonical  # an alias standing in for a missing canonical key

@@ -67,7 +67,7 @@ def _build_rules() -> list[Rule]:
     rules += _linear("lm_head.dense", "lm_head.dense", False)
     rules += _norm("lm_head.layer_norm", "lm_head.layer_norm", False)
     rules.append(Rule("lm_head.bias", "lm_head.bias", COPY, False))
-    rules.append(Rule("lm_head.decoder.weight", "lm_head.decoder.kernel", TRANSPOSE, False))  # untied only
+    rules += _linear("lm_head.decoder", "lm_head.decoder", False)  # untied decoders only
     rules += _linear("classifier.dense", "classifier.dense", False)
     rules += _linear("classifier.out_proj", "classifier.out_proj", False)
     rules += _linear("classifier", "classifier", False)
@@ -80,8 +80,8 @@ RULES: tuple[Rule, ...] = tuple(_build_rules())
 # Keys that carry no parameter of their own.
 # Buffers some saves contain (older transformers wrote `position_ids`).
 IGNORED_BACKBONE_KEYS = frozenset({"embeddings.position_ids", "embeddings.token_type_ids"})
-# Aliases of other tensors: used only when the canonical key is absent from the checkpoint.
-ALIASES = {"lm_head.decoder.bias": "lm_head.bias"}
+# Aliases of other tensors in tied models: used only when the canonical key is absent.
+TIED_ALIASES = {"lm_head.decoder.bias": "lm_head.bias"}
 # Tied to the word embeddings when config.tie_word_embeddings (the released models).
 TIED_DECODER_KEY = "lm_head.decoder.weight"
 # Legacy LayerNorm names (TF-era saves).
