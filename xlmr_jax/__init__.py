@@ -22,10 +22,10 @@ MODEL_CLASSES = {
 }
 
 __all__ = [
+    "MODEL_CLASSES",
     "PRESETS",
     "CheckpointError",
     "KVCache",
-    "MODEL_CLASSES",
     "XLMRobertaConfig",
     "XLMRobertaForCausalLM",
     "XLMRobertaForMaskedLM",
