@@ -1,0 +1,163 @@
+"""`xlmr-jax demo`: every model of the library on a small HF checkpoint, next to the reference.
+
+For each of the seven models, the reference (`transformers`, when installed) builds the model
+from the checkpoint and saves it; we load that PyTorch checkpoint with `from_pretrained`, run
+both on the same padded batch, and print max |diff| at non-pad positions. Without
+`transformers`, our models run alone and the outputs' shapes are shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import tempfile
+
+import jax
+import numpy as np
+from flax import nnx
+
+import xlmr_jax
+from xlmr_jax.demo.corpus import DEMO_SENTENCES
+
+PARITY_TOLERANCE = 1e-5
+
+# (our class, config changes the head needs, output fields to compare)
+MODELS = [
+    ("XLMRobertaModel", {}, ("last_hidden_state", "pooler_output")),
+    ("XLMRobertaForMaskedLM", {}, ("logits",)),
+    ("XLMRobertaForCausalLM", {"is_decoder": True}, ("logits",)),
+    ("XLMRobertaForSequenceClassification", {"num_labels": 3}, ("logits",)),
+    ("XLMRobertaForMultipleChoice", {}, ("logits",)),
+    ("XLMRobertaForTokenClassification", {"num_labels": 5}, ("logits",)),
+    ("XLMRobertaForQuestionAnswering", {"num_labels": 2}, ("start_logits", "end_logits")),
+]
+
+
+@dataclasses.dataclass
+class Row:
+    model: str
+    output: str
+    shape: tuple[int, ...]
+    max_abs_diff: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff is None or self.max_abs_diff <= PARITY_TOLERANCE
+
+
+def encode(checkpoint: str, sentences: list[str]):
+    from xlmr_jax.tokenizer import XLMRobertaTokenizer
+
+    tokenizer = XLMRobertaTokenizer.from_pretrained(checkpoint)
+    batch = tokenizer(sentences, padding=True)
+    return tokenizer, np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
+
+
+def model_inputs(arch: str, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    if arch == "XLMRobertaForMultipleChoice":  # the sentences as choices of one question
+        return {"input_ids": ids[None], "attention_mask": mask[None]}
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def compare_position_mask(arch: str, output: str, mask: np.ndarray) -> np.ndarray | None:
+    if arch in ("XLMRobertaForSequenceClassification", "XLMRobertaForMultipleChoice") or output == "pooler_output":
+        return None
+    return mask.astype(bool)
+
+
+def reference_checkpoint(arch: str, changes: dict, checkpoint: str, directory: str):
+    """The reference builds the head model from the checkpoint (new heads from its own init) and
+    saves it: the PyTorch checkpoint we then load, exactly as a user's fine-tuned model."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # its load report would list the new heads again
+    transformers.utils.logging.disable_progress_bar()
+    model, info = getattr(transformers, arch).from_pretrained(
+        checkpoint, **changes, attn_implementation="eager", output_loading_info=True
+    )
+    # New heads start at std 0.02 with zero biases; randomise them fully so that the comparison
+    # exercises every head parameter (a swapped bias would show).
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name in info["missing_keys"]:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.eval()
+    model.save_pretrained(directory, safe_serialization=True)
+    return model
+
+
+def run_demo(checkpoint: str, sentences: list[str]) -> list[Row]:
+    has_reference = importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch")
+    tokenizer, ids, mask = encode(checkpoint, sentences)
+    print(f"checkpoint: {checkpoint}")
+    print(f"devices: {jax.devices()}")
+    for sentence, row in zip(sentences, ids, strict=True):
+        print(f"  {sentence!r} -> {tokenizer.convert_ids_to_tokens([int(i) for i in row if i != 1])}")
+    if has_reference:
+        check_tokenizer(checkpoint, sentences, ids)
+    rows = []
+    for arch, changes, fields in MODELS:
+        inputs = model_inputs(arch, ids, mask)
+        with tempfile.TemporaryDirectory() as tmp:
+            if has_reference:
+                import torch
+
+                ref = reference_checkpoint(arch, changes, checkpoint, tmp)
+                with torch.no_grad():
+                    expected = ref(**{k: torch.tensor(v) for k, v in inputs.items()})
+                ours = getattr(xlmr_jax, arch).from_pretrained(tmp)
+            else:
+                expected = None
+                ours = getattr(xlmr_jax, arch).from_pretrained(checkpoint, **changes)
+        forward = nnx.jit(lambda model, batch: model(**batch))
+        got = forward(ours, inputs)
+        for field in fields:
+            value = np.asarray(getattr(got, field))
+            diff = None
+            if expected is not None:
+                reference_value = getattr(expected, field).detach().numpy()
+                where = compare_position_mask(arch, field, mask)
+                delta = np.abs(value - reference_value)
+                diff = float((delta[where] if where is not None else delta).max())
+            rows.append(Row(arch, field, value.shape, diff))
+    return rows
+
+
+def check_tokenizer(checkpoint: str, sentences: list[str], ids: np.ndarray) -> None:
+    import transformers
+
+    reference = transformers.XLMRobertaTokenizer.from_pretrained(checkpoint)
+    expected = reference(sentences, padding=True, return_tensors="np")["input_ids"]
+    same = np.array_equal(expected, ids)
+    print(f"tokenizer ids equal to the reference's: {same}")
+    if not same:
+        raise SystemExit("tokenizer parity failed")
+
+
+def print_table(rows: list[Row]) -> None:
+    print()
+    print(f"{'model':<38} {'output':<18} {'shape':<16} {'max |diff| vs transformers':>26}")
+    for row in rows:
+        diff = "(transformers not installed)" if row.max_abs_diff is None else f"{row.max_abs_diff:.2e}"
+        flag = "" if row.ok else "  FAIL"
+        print(f"{row.model:<38} {row.output:<18} {str(row.shape):<16} {diff:>26}{flag}")
+
+
+def main(checkpoint: str | None = None, sentences: list[str] | None = None) -> int:
+    jax.config.update("jax_default_matmul_precision", "highest")
+    checkpoint = checkpoint or xlmr_jax.demo.TINY_CHECKPOINT
+    if not os.path.isdir(checkpoint):
+        raise SystemExit(f"checkpoint directory not found: {checkpoint}")
+    rows = run_demo(checkpoint, sentences or DEMO_SENTENCES)
+    print_table(rows)
+    failed = [row for row in rows if not row.ok]
+    if failed:
+        print(f"\nparity FAILED for {len(failed)} output(s) (tolerance {PARITY_TOLERANCE:g})")
+        return 1
+    compared = sum(row.max_abs_diff is not None for row in rows)
+    if compared:
+        print(f"\nparity OK: {compared} outputs of 7 models within {PARITY_TOLERANCE:g} of transformers (fp32)")
+    return 0
