@@ -11,15 +11,8 @@ from xlmr_jax.modeling import (
     XLMRobertaForTokenClassification,
     XLMRobertaModel,
 )
+from xlmr_jax.registry import MODEL_CLASSES
 from xlmr_jax.weights import CheckpointError
-
-MODEL_CLASSES = {
-    cls.hf_architecture: cls
-    for cls in (
-        XLMRobertaModel, XLMRobertaForMaskedLM, XLMRobertaForCausalLM, XLMRobertaForSequenceClassification,
-        XLMRobertaForMultipleChoice, XLMRobertaForTokenClassification, XLMRobertaForQuestionAnswering,
-    )
-}
 
 __all__ = [
     "MODEL_CLASSES",

@@ -15,6 +15,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--checkpoint", help="an HF XLM-R checkpoint directory (default: the tiny one shipped)")
     demo.add_argument("--text", action="append", help="a sentence to run (repeat for several)")
+
+    convert = commands.add_parser(
+        "convert", help="convert a checkpoint: HF PyTorch safetensors <-> Flax safetensors, streamed"
+    )
+    convert.add_argument("source", help="checkpoint directory (HF PyTorch or our Flax format) or hub id")
+    convert.add_argument("destination", help="directory to write (refused if it exists, unless --overwrite)")
+    convert.add_argument("--to", required=True, choices=["flax", "pytorch"], help="the format to write")
+    convert.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                         help="cast the weights (default: keep each tensor's dtype; bit-exact)")
+    convert.add_argument("--architecture", help="model class, e.g. XLMRobertaForSequenceClassification "
+                         "(default: the config's `architectures`)")
+    convert.add_argument("--num-labels", type=int, help="labels of a new classification head")
+    convert.add_argument("--seed", type=int, default=0, help="seed of a newly initialised head")
+    convert.add_argument("--max-shard-size", default="5GB", help="shard the weights above this size")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    convert.add_argument("--allow-pickle", action="store_true",
+                         help="read pytorch_model.bin (a pickle; loaded with weights_only=True)")
+    convert.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -25,7 +43,26 @@ def main(argv: list[str] | None = None) -> int:
         from xlmr_jax.demo.run import main as demo_main
 
         return demo_main(args.checkpoint, args.text)
+    if args.command == "convert":
+        return _convert(args)
     return 2
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from xlmr_jax.convert import convert_checkpoint, format_summary
+
+    changes = {} if args.num_labels is None else {"num_labels": args.num_labels}
+    try:
+        summary = convert_checkpoint(
+            args.source, args.destination, to=args.to, dtype=args.dtype, architecture=args.architecture,
+            overwrite=args.overwrite, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle,
+            seed=args.seed, progress=not args.no_progress, **changes,
+        )
+    except (OSError, ValueError) as err:
+        print(f"xlmr-jax convert: error: {err}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
 
 
 if __name__ == "__main__":

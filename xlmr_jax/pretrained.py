@@ -1,14 +1,19 @@
-"""`from_pretrained` for every model class: config from the checkpoint, weights streamed in."""
+"""`from_pretrained` / `save_pretrained` for every model class: config from the checkpoint,
+weights streamed in (or out) through the one weight table."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import inspect
 import logging
 import os
+import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from xlmr_jax.config import XLMRobertaConfig
@@ -16,6 +21,82 @@ from xlmr_jax.config import XLMRobertaConfig
 logger = logging.getLogger("xlmr_jax")
 
 CONFIG_NAME = "config.json"
+# What a hub download fetches: configs, safetensors weights and tokenizer files, nothing else.
+HUB_PATTERNS = ["config.json", "*.safetensors", "*.safetensors.index.json", "sentencepiece.bpe.model",
+                "tokenizer_config.json", "special_tokens_map.json"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_pretrained_path(path_or_id: str | os.PathLike, revision: str | None = None) -> str:
+    """A local directory as is; otherwise a hub id (`FacebookAI/xlm-roberta-base`) downloaded or
+    found in the local hub cache through `huggingface_hub` (honours HF_HUB_OFFLINE)."""
+    path = os.fspath(path_or_id)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path) or not _REPO_ID.match(path) or path.count("/") > 1:
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FileNotFoundError(
+            f"checkpoint directory not found: {path} (to load it as a hub id, pip install 'xlmr-jax[hub]')"
+        ) from None
+    try:
+        return huggingface_hub.snapshot_download(path, revision=revision, allow_patterns=HUB_PATTERNS)
+    except Exception as err:  # noqa: BLE001 - hub errors are many; all mean "cannot get it"
+        raise FileNotFoundError(f"{path}: not a local directory, and the hub could not provide it "
+                                f"({type(err).__name__}: {err})") from None
+
+
+def read_config(directory: str) -> XLMRobertaConfig:
+    from xlmr_jax.weights.checkpoint import CheckpointError
+
+    config_path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"no {CONFIG_NAME} in {directory}")
+    return XLMRobertaConfig.from_json_file(config_path)
+
+
+@dataclasses.dataclass
+class PlannedCheckpoint:
+    checkpoint: Any
+    graphdef: Any
+    state: Any
+    leaves: dict
+    report: Any
+    initialised: dict
+    config: XLMRobertaConfig
+
+
+@contextlib.contextmanager
+def planned_checkpoint(cls, directory: str, config: XLMRobertaConfig, *, dtype=jnp.float32,
+                       param_dtype=jnp.float32, seed: int = 0, ctor_kwargs: dict | None = None,
+                       allow_pickle: bool = False, keep_source_dtype: bool = False):
+    """Open a checkpoint and match it against `cls`: every problem raised at once; missing heads
+    initialised (and said out loud). Yields a PlannedCheckpoint while the files are open."""
+    from xlmr_jax.weights.checkpoint import Checkpoint, find_checkpoint_files
+    from xlmr_jax.weights.load import plan_load
+
+    ctor_kwargs = ctor_kwargs or {}
+
+    def build():
+        return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), **ctor_kwargs)
+
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    with Checkpoint(find_checkpoint_files(directory, allow_pickle)) as checkpoint:
+        leaves, report = plan_load(state, checkpoint, cls.hf_prefix, config, source=directory)
+        if keep_source_dtype:
+            for leaf in leaves.values():
+                if leaf.sources:
+                    leaf.dtype = checkpoint.tensors[next(iter(leaf.sources.values()))].dtype
+        initialised = _initialise_leaves(build, report.initialised) if report.initialised else {}
+        if report.initialised:
+            logger.warning("%s: newly initialised from seed %d (not in %s): %s",
+                           cls.__name__, seed, directory, ", ".join(report.initialised))
+        if report.unused:
+            logger.warning("%s: checkpoint tensors not used by this model (another head's): %s",
+                           cls.__name__, ", ".join(report.unused))
+        yield PlannedCheckpoint(checkpoint, graphdef, state, leaves, report, initialised, config)
 
 
 def _default_sharding(path, shape):
@@ -23,8 +104,8 @@ def _default_sharding(path, shape):
 
 
 class PreTrainedMixin:
-    """Adds `from_pretrained` to a model class. Subclasses set `hf_prefix` ("roberta" for heads,
-    "" for the bare model) and `hf_architecture` (the reference class name)."""
+    """Adds `from_pretrained` and `save_pretrained` to a model class. Subclasses set `hf_prefix`
+    ("roberta" for heads, "" for the bare model) and `hf_architecture` (the reference class name)."""
 
     hf_prefix: str = "roberta"
     hf_architecture: str = ""
@@ -38,10 +119,13 @@ class PreTrainedMixin:
         param_dtype=jnp.float32,
         seed: int = 0,
         config: XLMRobertaConfig | None = None,
+        allow_pickle: bool = False,
+        revision: str | None = None,
         **kwargs: Any,
     ):
-        """Load an HF PyTorch checkpoint directory (`config.json` + `model.safetensors`, or shards
-        with `model.safetensors.index.json`).
+        """Load a checkpoint directory or hub id, in HF PyTorch format (`config.json` +
+        `model.safetensors`, or shards with `model.safetensors.index.json`; `pytorch_model.bin`
+        only with `allow_pickle=True`) or our Flax format (`flax_model.safetensors`).
 
         `dtype` is the compute dtype, `param_dtype` the storage dtype of the params. Keyword
         arguments that the model constructor takes (e.g. `add_pooling_layer`) go to it; the others
@@ -49,42 +133,70 @@ class PreTrainedMixin:
         lacks is initialised from `seed` and reported with a warning; nothing else is filled
         silently.
         """
-        from xlmr_jax.weights.checkpoint import CheckpointError, SafetensorsCheckpoint, find_weight_files
-        from xlmr_jax.weights.load import materialise, plan_load
+        from xlmr_jax.weights.load import materialise
 
-        directory = os.fspath(path)
-        if not os.path.isdir(directory):
-            raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+        directory = resolve_pretrained_path(path, revision)
         ctor_params = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "dtype",
                                                                           "param_dtype", "rngs"}
         ctor_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ctor_params}
-        if config is None:
-            config_path = os.path.join(directory, CONFIG_NAME)
-            if not os.path.isfile(config_path):
-                raise CheckpointError(f"no {CONFIG_NAME} in {directory}")
-            config = XLMRobertaConfig.from_json_file(config_path)
+        config = config if config is not None else read_config(directory)
         if kwargs:
             config = config.replace(**kwargs)
-
-        def build():
-            return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), **ctor_kwargs)
-
-        abstract = nnx.eval_shape(build)
-        graphdef, state = nnx.split(abstract)
-        files, index = find_weight_files(directory)
-        with SafetensorsCheckpoint(files, index) as checkpoint:
-            leaves, report = plan_load(state, checkpoint, cls.hf_prefix, config, source=directory)
-            arrays = materialise(checkpoint, leaves, _default_sharding)
-        if report.initialised:
-            arrays.update(_initialise_leaves(build, report.initialised))
-            logger.warning("%s: newly initialised from seed %d (not in %s): %s",
-                           cls.__name__, seed, directory, ", ".join(report.initialised))
-        if report.unused:
-            logger.warning("%s: checkpoint tensors not used by this model (another head's): %s",
-                           cls.__name__, ", ".join(report.unused))
-        for path_, var in nnx.to_flat_state(state):
+        with planned_checkpoint(cls, directory, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
+                                ctor_kwargs=ctor_kwargs, allow_pickle=allow_pickle) as planned:
+            arrays = materialise(planned.checkpoint, planned.leaves, _default_sharding)
+        arrays.update(planned.initialised)
+        for path_, var in nnx.to_flat_state(planned.state):
             var.set_value(arrays[tuple(str(p) for p in path_)])
-        return nnx.merge(graphdef, state)
+        return nnx.merge(planned.graphdef, planned.state)
+
+    def save_pretrained(
+        self,
+        directory: str | os.PathLike,
+        *,
+        format: str = "pytorch",
+        dtype=None,
+        max_shard_size: int | str = "5GB",
+        overwrite: bool = False,
+    ) -> dict:
+        """Write the model as an HF PyTorch checkpoint (`format="pytorch"`: `transformers` loads it
+        with no missing/unexpected weights) or in our Flax format (`format="flax"`). Streams one
+        tensor at a time into a temp directory renamed into place when complete. `dtype` casts
+        the stored weights (default: as the params are). Returns a summary (tensors, bytes, ...)."""
+        from xlmr_jax.weights.sources import ModelSource
+
+        return write_from_source(ModelSource(self), type(self), self.config, directory, format=format,
+                                 dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
+
+
+def write_from_source(source, cls, config: XLMRobertaConfig, directory, *, format: str, dtype=None,
+                      max_shard_size="5GB", overwrite=False, on_tensor=None, on_plan=None,
+                      extra_files=None) -> dict:
+    """Write the leaves of `source` (a model or a planned checkpoint) as a `cls` checkpoint.
+    `on_plan(tensors)` sees the list of tensors before writing, `on_tensor(t)` each one written."""
+    from xlmr_jax import __version__
+    from xlmr_jax.registry import reference_architecture
+    from xlmr_jax.weights.export import FLAX_FORMAT_VERSION, flax_tensors, pytorch_tensors, write_checkpoint
+
+    if format not in ("pytorch", "flax"):
+        raise ValueError(f"format={format!r}: expected 'pytorch' or 'flax'")
+    dtype = None if dtype is None else np.dtype(jnp.dtype(dtype))
+    stored = {np.dtype(leaf.dtype) for leaf in source.leaves} if dtype is None else {dtype}
+    config_dict = config.to_dict()
+    config_dict["architectures"] = [reference_architecture(cls, config)]
+    config_dict["dtype"] = str(jnp.dtype(max(stored, key=lambda d: d.itemsize))) if stored else "float32"
+    if format == "pytorch":
+        tensors = pytorch_tensors(source, cls.hf_prefix, dtype)
+        metadata = {"format": "pt"}
+    else:
+        tensors = flax_tensors(source, dtype)
+        metadata = {"format": "flax", "xlmr_jax_format_version": FLAX_FORMAT_VERSION,
+                    "model_class": cls.__name__, "xlmr_jax_version": __version__}
+    if on_plan is not None:
+        on_plan(tensors)
+    return write_checkpoint(os.fspath(directory), tensors, config_dict, format=format, metadata=metadata,
+                            max_shard_size=max_shard_size, overwrite=overwrite, on_tensor=on_tensor,
+                            extra_files=extra_files)
 
 
 def _initialise_leaves(build, dotted_paths: list[str]) -> dict[tuple[str, ...], jax.Array]:

@@ -1,7 +1,8 @@
-"""Reading HF safetensors checkpoints lazily: one file or shards listed in an index.
+"""Finding and reading checkpoints lazily: HF PyTorch (safetensors, single or sharded; optionally
+`pytorch_model.bin`) and our Flax format (safetensors keyed by Flax paths).
 
-Nothing is read until a tensor (or a slice of one) is asked for; headers give names, shapes
-and dtypes, so a whole load can be planned and checked before a byte of weights moves.
+Nothing is read until a tensor (or a slice of one) is asked for; headers give names, shapes and
+dtypes, so a whole load can be planned and checked before a byte of weights moves.
 """
 
 from __future__ import annotations
@@ -12,11 +13,18 @@ import json
 import os
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
+
+from xlmr_jax.weights.safetensors_io import CHUNK_BYTES, SafetensorsFormatError, SafetensorsReader
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+FLAX_WEIGHTS = "flax_model.safetensors"
+FLAX_INDEX = "flax_model.safetensors.index.json"
+
+PYTORCH = "pytorch"
+FLAX = "flax"
 
 
 class CheckpointError(ValueError):
@@ -28,85 +36,185 @@ class TensorInfo:
     key: str
     file: str
     shape: tuple[int, ...]
-    dtype: str  # safetensors dtype name, e.g. "F32", "BF16"
+    dtype: np.dtype
 
 
-def find_weight_files(directory: str) -> tuple[list[str], str | None]:
-    """The safetensors files of an HF checkpoint directory, and its index file if sharded."""
-    index = os.path.join(directory, SAFE_INDEX)
-    single = os.path.join(directory, SAFE_WEIGHTS)
-    if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as fh:
-                weight_map = json.load(fh)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{index}: not a safetensors index (expected a 'weight_map'): {err}") from None
-        files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
-        if missing:
-            raise CheckpointError(f"{index} lists shard(s) that do not exist in {directory}: {missing}")
-        return [os.path.join(directory, f) for f in files], index
-    if os.path.isfile(single):
-        return [single], None
-    if os.path.isfile(os.path.join(directory, TORCH_WEIGHTS)):
-        raise CheckpointError(
-            f"{directory} holds only {TORCH_WEIGHTS} (a pickle); convert it to safetensors first, e.g. "
-            "with transformers: model.save_pretrained(dir, safe_serialization=True)"
-        )
-    raise CheckpointError(f"no {SAFE_WEIGHTS} or {SAFE_INDEX} in {directory}")
+@dataclasses.dataclass(frozen=True)
+class CheckpointFiles:
+    format: str  # PYTORCH or FLAX
+    files: list[str]
+    index: str | None
+    pickle: bool = False  # pytorch_model.bin
 
 
-class SafetensorsCheckpoint(contextlib.AbstractContextManager):
-    """Open handles on every file of a checkpoint; tensors are memory-mapped, read on demand."""
-
-    def __init__(self, files: list[str], index: str | None = None):
-        self._stack = contextlib.ExitStack()
-        self._handles = {}
-        self.tensors: dict[str, TensorInfo] = {}
-        for path in files:
-            handle = self._open(path)
-            for key in handle.keys():  # noqa: SIM118 - a safe_open handle, not a dict
-                if key in self.tensors:
-                    raise CheckpointError(f"tensor {key!r} appears in both {self.tensors[key].file} and {path}")
-                sl = handle.get_slice(key)
-                self.tensors[key] = TensorInfo(key, path, tuple(sl.get_shape()), sl.get_dtype())
-        if index is not None:
-            self._check_index(index)
-
-    def _open(self, path: str):
-        try:
-            handle = self._stack.enter_context(safe_open(path, framework="numpy"))
-        except (SafetensorError, OSError, ValueError) as err:
-            self._stack.close()
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-        self._handles[path] = handle
-        return handle
-
-    def _check_index(self, index: str) -> None:
+def _read_index(index: str) -> dict[str, str]:
+    try:
         with open(index, encoding="utf-8") as fh:
             weight_map = json.load(fh)["weight_map"]
-        directory = os.path.dirname(index)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{index}: not a checkpoint index with a 'weight_map' ({err})") from None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
+    return weight_map
+
+
+def _from_index(directory: str, index_name: str, fmt: str, pickle: bool = False) -> CheckpointFiles:
+    index = os.path.join(directory, index_name)
+    files = sorted(set(_read_index(index).values()))
+    missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
+    if missing:
+        raise CheckpointError(f"{index} lists shard(s) that do not exist in {directory}: {missing}")
+    return CheckpointFiles(fmt, [os.path.join(directory, f) for f in files], index, pickle)
+
+
+def find_checkpoint_files(directory: str, allow_pickle: bool = False) -> CheckpointFiles:
+    """Which weights a directory holds. Safetensors first; our Flax format; pickles only if allowed."""
+    exists = {name: os.path.isfile(os.path.join(directory, name)) for name in
+              (SAFE_INDEX, SAFE_WEIGHTS, FLAX_INDEX, FLAX_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS)}
+    if exists[SAFE_INDEX]:
+        return _from_index(directory, SAFE_INDEX, PYTORCH)
+    if exists[SAFE_WEIGHTS]:
+        return CheckpointFiles(PYTORCH, [os.path.join(directory, SAFE_WEIGHTS)], None)
+    if exists[FLAX_INDEX]:
+        return _from_index(directory, FLAX_INDEX, FLAX)
+    if exists[FLAX_WEIGHTS]:
+        return CheckpointFiles(FLAX, [os.path.join(directory, FLAX_WEIGHTS)], None)
+    if exists[TORCH_INDEX] or exists[TORCH_WEIGHTS]:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{directory} holds only {TORCH_WEIGHTS} weights, a pickle format that can run code when "
+                "loaded; pass allow_pickle=True (CLI: --allow-pickle) to read them with torch "
+                "(weights_only=True), or convert them to safetensors"
+            )
+        if exists[TORCH_INDEX]:
+            return _from_index(directory, TORCH_INDEX, PYTORCH, pickle=True)
+        return CheckpointFiles(PYTORCH, [os.path.join(directory, TORCH_WEIGHTS)], None, pickle=True)
+    raise CheckpointError(
+        f"no weights in {directory}: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {FLAX_WEIGHTS} or {FLAX_INDEX}"
+    )
+
+
+class Checkpoint(contextlib.AbstractContextManager):
+    """Every tensor of a (possibly sharded) checkpoint, read on demand."""
+
+    def __init__(self, found: CheckpointFiles):
+        self.format = found.format
+        self.tensors: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, str] = {}
+        self._readers: dict[str, object] = {}
+        try:
+            for path in found.files:
+                reader = _open_torch(path) if found.pickle else _open_safetensors(path)
+                self._readers[path] = reader
+                self.metadata.update(getattr(reader, "metadata", {}))
+                for key, (shape, dtype) in reader.describe().items():
+                    if key in self.tensors:
+                        raise CheckpointError(f"tensor {key!r} appears in both {self.tensors[key].file} and {path}")
+                    self.tensors[key] = TensorInfo(key, path, shape, dtype)
+            if found.index is not None:
+                self._check_index(found.index)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_index(self, index: str) -> None:
+        weight_map = _read_index(index)
         for key, file in weight_map.items():
             info = self.tensors.get(key)
             if info is None:
                 raise CheckpointError(f"{index} lists {key!r} in {file}, but that shard has no such tensor")
             if os.path.basename(info.file) != file:
-                raise CheckpointError(f"{index} lists {key!r} in {file}, found in {info.file}")
+                raise CheckpointError(f"{index} lists {key!r} in {file}, but it is in {info.file}")
         unlisted = sorted(set(self.tensors) - set(weight_map))
         if unlisted:
-            raise CheckpointError(f"{index} does not list tensors present in the shards of {directory}: "
-                                  f"{unlisted[:5]}")
+            raise CheckpointError(f"{index} does not list tensors found in its shards: {unlisted[:5]}")
 
     def read(self, key: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
-        """A tensor, or only the slice `index` of it (what one device's shard needs)."""
+        """A tensor, or only the part `index` of it (what one device's shard needs)."""
         info = self.tensors[key]
         try:
-            if index is None:
-                return self._handles[info.file].get_tensor(key)
-            return self._handles[info.file].get_slice(key)[index]
-        except (SafetensorError, OSError, ValueError) as err:
+            return self._readers[info.file].read(key, index)
+        except (SafetensorsFormatError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({err})") from None
 
+    def iter_row_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES):
+        info = self.tensors[key]
+        reader = self._readers[info.file]
+        if hasattr(reader, "iter_row_chunks"):
+            try:
+                yield from reader.iter_row_chunks(key, chunk_bytes)
+            except (SafetensorsFormatError, OSError) as err:
+                raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({err})") from None
+        else:
+            yield self.read(key)
+
+    def close(self) -> None:
+        for reader in self._readers.values():
+            reader.close()
+        self._readers = {}
+
     def __exit__(self, *exc):
-        self._stack.close()
+        self.close()
         return False
+
+
+class _SafetensorsFile(SafetensorsReader):
+    def describe(self):
+        return {name: (entry.shape, entry.dtype) for name, entry in self.entries.items()}
+
+
+def _open_safetensors(path: str) -> _SafetensorsFile:
+    try:
+        return _SafetensorsFile(path)
+    except SafetensorsFormatError as err:
+        raise CheckpointError(str(err)) from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot open ({err})") from None
+
+
+class _TorchBinFile:
+    """`pytorch_model.bin` through torch.load(weights_only=True, mmap=True): no code runs."""
+
+    def __init__(self, path: str):
+        import torch
+
+        try:
+            self._state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is reported with the file
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+        self.path = path
+
+    def describe(self):
+        return {key: (tuple(t.shape), _torch_to_numpy_dtype(t.dtype)) for key, t in self._state.items()}
+
+    def read(self, key: str, index=None) -> np.ndarray:
+        import torch
+
+        tensor = self._state[key]
+        if index:
+            tensor = tensor[tuple(index)]
+        if tensor.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            return tensor.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return tensor.contiguous().numpy()
+
+    def close(self) -> None:
+        self._state = {}
+
+
+def _torch_to_numpy_dtype(dtype) -> np.dtype:
+    import ml_dtypes
+    import torch
+
+    if dtype == torch.bfloat16:
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(torch.empty((), dtype=dtype).numpy().dtype)
+
+
+def _open_torch(path: str) -> _TorchBinFile:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise CheckpointError(f"{path}: reading pytorch_model.bin needs torch (pip install torch)") from None
+    return _TorchBinFile(path)

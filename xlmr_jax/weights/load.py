@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from xlmr_jax.weights import table
-from xlmr_jax.weights.checkpoint import CheckpointError, SafetensorsCheckpoint
+from xlmr_jax.weights.checkpoint import FLAX, Checkpoint, CheckpointError
 
 logger = logging.getLogger("xlmr_jax")
 
@@ -44,95 +44,126 @@ class LoadReport:
     unused: list[str] = dataclasses.field(default_factory=list)
 
 
-def _relative(key: str, hf_prefix: str) -> tuple[str, bool]:
+def _relative(key: str, legacy_names: bool) -> tuple[str, bool]:
     """(key relative to the backbone or to the top level, is_backbone); the `roberta.` prefix may be
     present or absent whatever the model (a head from a base checkpoint, or the reverse)."""
-    for old, new in table.LEGACY_SUFFIXES.items():
-        if key.endswith(old) and ("LayerNorm" in key or "layer_norm" in key):
-            key = key[: -len(old)] + new
+    if legacy_names:
+        for old, new in table.LEGACY_SUFFIXES.items():
+            if key.endswith(old) and ("LayerNorm" in key or "layer_norm" in key):
+                key = key[: -len(old)] + new
     stripped = key.removeprefix("roberta.")
     if stripped.startswith(table.BACKBONE_ROOTS):
         return stripped, True
     return key, False
 
 
-def _flax_path(rule: table.Rule, hf_prefix: str) -> tuple[str, ...]:
-    parts = tuple(rule.flax.split("."))
-    return ((hf_prefix,) + parts) if rule.backbone and hf_prefix else parts
+def _prefixed(relative: str, backbone: bool, hf_prefix: str) -> tuple[str, ...]:
+    parts = tuple(relative.split("."))
+    return ((hf_prefix,) + parts) if backbone and hf_prefix else parts
 
 
-def plan_load(abstract_state, checkpoint: SafetensorsCheckpoint, hf_prefix: str, config, source: str):
+def _match_pytorch_key(key, info, leaves, hf_prefix, config, present):
+    """(leaf, rule, layer) for an HF key, None to skip it, or a problem string."""
+    relative, backbone = _relative(key, legacy_names=True)
+    if backbone and relative in table.IGNORED_BACKBONE_KEYS:
+        return None
+    if not backbone and config.tie_word_embeddings and relative in table.TIED_ALIASES:
+        canonical = table.TIED_ALIASES[relative]
+        if canonical in present or f"roberta.{canonical}" in present:
+            return None
+        relative = canonical  # an alias standing in for a missing canonical key
+    found = table.match(relative, backbone)
+    if found is None:
+        return f"unexpected tensor {key!r} {info.shape}: no rule of the weight table matches it"
+    rule, layer = found
+    leaf = leaves.get(_prefixed(rule.flax, rule.backbone, hf_prefix))
+    if leaf is None:
+        if not backbone and relative == table.TIED_DECODER_KEY and config.tie_word_embeddings:
+            return None  # the tied decoder: same tensor as the word embeddings
+        return _unplaced(key, backbone, relative, config)
+    if layer is not None and layer >= config.num_hidden_layers:
+        return f"tensor {key!r}: layer {layer} but config num_hidden_layers={config.num_hidden_layers}"
+    expected = leaf.shape[1:] if rule.stacked else leaf.shape
+    got = info.shape[::-1] if rule.transform == table.TRANSPOSE else info.shape
+    if tuple(got) != tuple(expected):
+        shown = f"{info.shape} (transposed: {got})" if rule.transform == table.TRANSPOSE else str(info.shape)
+        return (f"tensor {key!r} in {info.file}: shape {shown}, but the config expects "
+                f"{tuple(expected)} for {'.'.join(leaf.path)}")
+    return leaf, rule, layer
+
+
+def _match_flax_key(key, info, leaves, hf_prefix, config, present):
+    """Our Flax format: keys are Flax paths, tensors already stacked and transposed."""
+    relative, backbone = _relative(key, legacy_names=False)
+    leaf = leaves.get(_prefixed(relative, backbone, hf_prefix))
+    if leaf is None:
+        if table.rule_for_flax_path(relative) is None:
+            return f"unexpected tensor {key!r} {info.shape}: not a parameter of any XLM-R model"
+        return _unplaced(key, backbone, relative, config)
+    if tuple(info.shape) != tuple(leaf.shape):
+        return (f"tensor {key!r} in {info.file}: shape {info.shape}, but the config expects "
+                f"{tuple(leaf.shape)} for {'.'.join(leaf.path)}")
+    return leaf, table.Rule(key, relative, table.COPY, backbone), None
+
+
+def _unplaced(key, backbone, relative, config):
+    if (not backbone) or relative.startswith(_INITIALISABLE_BACKBONE):
+        return "unused"  # another head's weights, or a pooler this model lacks
+    return (f"tensor {key!r} has no place in this model: the config (model_type={config.model_type!r}, "
+            f"add_cross_attention={config.add_cross_attention}) contradicts the weights")
+
+
+def plan_load(abstract_state, checkpoint: Checkpoint, hf_prefix: str, config, source: str):
     """Match checkpoint keys to leaves; returns ({path: LeafPlan}, LoadReport) or raises one error."""
     leaves = {
         tuple(str(p) for p in path): LeafPlan(tuple(str(p) for p in path), var.shape, np.dtype(var.dtype))
         for path, var in nnx.to_flat_state(abstract_state)
     }
+    match_key = _match_flax_key if checkpoint.format == FLAX else _match_pytorch_key
     problems: list[str] = []
     report = LoadReport()
-    num_layers = config.num_hidden_layers
     present = set(checkpoint.tensors)
     for key, info in sorted(checkpoint.tensors.items()):
-        relative, backbone = _relative(key, hf_prefix)
-        if backbone and relative in table.IGNORED_BACKBONE_KEYS:
-            continue
-        if not backbone and config.tie_word_embeddings and relative in table.TIED_ALIASES:
-            canonical = table.TIED_ALIASES[relative]
-            if canonical in present or f"roberta.{canonical}" in present:
-                continue
-            relative = canonical  # an alias standing in for a missing canonical key
-        found = table.match(relative, backbone)
+        found = match_key(key, info, leaves, hf_prefix, config, present)
         if found is None:
-            problems.append(f"unexpected tensor {key!r} {info.shape}: no rule of the weight table matches it")
             continue
-        rule, layer = found
-        path = _flax_path(rule, hf_prefix)
-        leaf = leaves.get(path)
-        if leaf is None:
-            if not backbone and relative == table.TIED_DECODER_KEY and config.tie_word_embeddings:
-                continue  # the tied decoder: same tensor as the word embeddings
-            if (not backbone) or relative.startswith(_INITIALISABLE_BACKBONE):
-                report.unused.append(key)  # another head's weights, or a pooler this model lacks
-                continue
-            problems.append(
-                f"tensor {key!r} has no place in this model: the config "
-                f"(model_type={config.model_type!r}, add_cross_attention={config.add_cross_attention}) "
-                "contradicts the weights"
-            )
-            continue
-        if layer is not None and layer >= num_layers:
-            problems.append(f"tensor {key!r}: layer {layer} but config num_hidden_layers={num_layers}")
-            continue
-        expected = leaf.shape[1:] if rule.stacked else leaf.shape
-        got = info.shape[::-1] if rule.transform == table.TRANSPOSE else info.shape
-        if tuple(got) != tuple(expected):
-            shown = f"{info.shape} (transposed: {got})" if rule.transform == table.TRANSPOSE else str(info.shape)
-            problems.append(f"tensor {key!r} in {info.file}: shape {shown}, but the config expects "
-                            f"{tuple(expected)} for {'.'.join(path)}")
-            continue
-        leaf.rule = rule
-        leaf.sources[layer] = key
-    for path, leaf in leaves.items():
-        dotted = ".".join(path)
-        if leaf.rule is not None and leaf.rule.stacked:
-            missing_layers = sorted(set(range(num_layers)) - set(leaf.sources))
-            if missing_layers:
-                hf = _hf_name(leaf.rule, hf_prefix, missing_layers[0])
-                problems.append(f"missing tensor(s) for {dotted}: layers {missing_layers} (e.g. {hf!r})")
-            continue
-        if leaf.rule is None:
-            relative = dotted[len(hf_prefix) + 1:] if hf_prefix and dotted.startswith(hf_prefix + ".") else dotted
-            in_backbone = (not hf_prefix and relative.startswith(table.BACKBONE_ROOTS)) or (
-                hf_prefix and dotted.startswith(hf_prefix + "."))
-            if in_backbone and not relative.startswith(_INITIALISABLE_BACKBONE):
-                rule = table.rule_for_flax_path(relative)
-                hf = _hf_name(rule, hf_prefix, 0) if rule else dotted
-                problems.append(f"missing tensor {hf!r} (for {dotted}) in {source}")
-            else:
-                report.initialised.append(dotted)
+        if found == "unused":
+            report.unused.append(key)
+        elif isinstance(found, str):
+            problems.append(found)
+        else:
+            leaf, rule, layer = found
+            leaf.rule = rule
+            leaf.sources[layer] = key
+    problems += _missing_leaf_problems(leaves, report, hf_prefix, config, source)
     if problems:
         raise CheckpointError(f"cannot load {source}:\n  " + "\n  ".join(problems))
     report.loaded = sorted(".".join(p) for p, leaf in leaves.items() if leaf.rule is not None)
     return leaves, report
+
+
+def _missing_leaf_problems(leaves, report, hf_prefix, config, source) -> list[str]:
+    problems = []
+    for path, leaf in leaves.items():
+        dotted = ".".join(path)
+        if leaf.rule is not None and leaf.rule.stacked:
+            missing_layers = sorted(set(range(config.num_hidden_layers)) - set(leaf.sources))
+            if missing_layers:
+                hf = _hf_name(leaf.rule, hf_prefix, missing_layers[0])
+                problems.append(f"missing tensor(s) for {dotted}: layers {missing_layers} (e.g. {hf!r})")
+            continue
+        if leaf.rule is not None:
+            continue
+        relative = dotted[len(hf_prefix) + 1:] if hf_prefix and dotted.startswith(hf_prefix + ".") else dotted
+        in_backbone = relative.startswith(table.BACKBONE_ROOTS) and (
+            not hf_prefix or dotted.startswith(hf_prefix + "."))
+        if in_backbone and not relative.startswith(_INITIALISABLE_BACKBONE):
+            rule = table.rule_for_flax_path(relative)
+            hf = _hf_name(rule, hf_prefix, 0) if rule else dotted
+            problems.append(f"missing tensor {hf!r} (for {dotted}) in {source}")
+        else:
+            report.initialised.append(dotted)
+    return problems
 
 
 def _hf_name(rule: table.Rule, hf_prefix: str, layer: int) -> str:
@@ -140,7 +171,7 @@ def _hf_name(rule: table.Rule, hf_prefix: str, layer: int) -> str:
     return f"{hf_prefix}.{key}" if rule.backbone and hf_prefix else key
 
 
-def read_leaf_slice(checkpoint: SafetensorsCheckpoint, leaf: LeafPlan, index: tuple[slice, ...]) -> np.ndarray:
+def read_leaf_slice(checkpoint: Checkpoint, leaf: LeafPlan, index: tuple[slice, ...]) -> np.ndarray:
     """The part `index` of a leaf, read from the checkpoint (only that part), cast to the leaf dtype."""
     rule = leaf.rule
 
@@ -160,7 +191,7 @@ def read_leaf_slice(checkpoint: SafetensorsCheckpoint, leaf: LeafPlan, index: tu
 
 
 def materialise(
-    checkpoint: SafetensorsCheckpoint,
+    checkpoint: Checkpoint,
     leaves: dict[tuple[str, ...], LeafPlan],
     sharding_for: Callable[[tuple[str, ...], tuple[int, ...]], jax.sharding.Sharding],
 ) -> dict[tuple[str, ...], jax.Array]:

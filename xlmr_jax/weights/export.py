@@ -1,0 +1,192 @@
+"""Writing checkpoints: HF PyTorch safetensors (that `transformers` loads with no warning) and our
+Flax format, both streamed tensor by tensor, sharded above a size, and written all-or-nothing.
+
+Flax format (version 1): a directory with the HF `config.json` and `flax_model.safetensors` (or
+shards `flax_model-0000i-of-0000n.safetensors` + `flax_model.safetensors.index.json`) whose keys
+are the dot-joined Flax paths of the model (`roberta.encoder.layer.attention.self.query.kernel`,
+stacked on a leading layer axis). File metadata: format=flax, xlmr_jax_format_version, model
+class. Readable without this library:
+    flax.traverse_util.unflatten_dict(safetensors.numpy.load_file(path), sep=".")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from xlmr_jax.weights import table
+from xlmr_jax.weights.checkpoint import FLAX_INDEX, FLAX_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
+from xlmr_jax.weights.safetensors_io import CHUNK_BYTES, PendingTensor, write_safetensors
+
+FLAX_FORMAT_VERSION = "1"
+DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
+
+
+class DestinationExistsError(FileExistsError):
+    pass
+
+
+def parse_size(size: int | str) -> int:
+    """"5GB", "500MB", "20KB" (powers of 1000, as transformers reads them) or a byte count."""
+    if isinstance(size, int):
+        return size
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, flags=re.I)
+    if not found:
+        raise ValueError(f"max_shard_size={size!r}: expected a byte count or e.g. '5GB', '500MB'")
+    value, unit = float(found.group(1)), (found.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}[unit]
+    return int(value * scale)
+
+
+def _row_chunks(read: Callable, shape: tuple[int, ...], itemsize: int, index_prefix: tuple = ()):
+    """Yield a leaf (or one layer of it) in blocks of leading-axis rows of at most CHUNK_BYTES."""
+    def chunks():
+        if not shape:
+            yield read(index_prefix)
+            return
+        row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * itemsize, 1)
+        step = max(CHUNK_BYTES // row_bytes, 1)
+        for start in range(0, shape[0], step):
+            yield read((*index_prefix, slice(start, min(start + step, shape[0]))))
+    return chunks
+
+
+def flax_tensors(source, dtype: np.dtype | None = None) -> list[PendingTensor]:
+    tensors = []
+    for leaf in source.leaves:
+        out_dtype = np.dtype(dtype) if dtype is not None else leaf.dtype
+
+        def read(index, path=leaf.path, out_dtype=out_dtype):
+            return source.read(path, index).astype(out_dtype, copy=False)
+
+        tensors.append(PendingTensor(".".join(leaf.path), out_dtype, leaf.shape,
+                                     _row_chunks(read, leaf.shape, out_dtype.itemsize)))
+    return tensors
+
+
+def pytorch_tensors(source, hf_prefix: str, dtype: np.dtype | None = None) -> list[PendingTensor]:
+    """HF keys and layouts through the weight table: per-layer tensors unstacked, kernels transposed."""
+    tensors = []
+    for leaf in source.leaves:
+        dotted = ".".join(leaf.path)
+        backbone = bool(hf_prefix) and dotted.startswith(hf_prefix + ".")
+        relative = dotted[len(hf_prefix) + 1:] if backbone else dotted
+        rule = table.rule_for_flax_path(relative)
+        if rule is None:
+            raise ValueError(f"no rule of the weight table writes {dotted}")
+        out_dtype = np.dtype(dtype) if dtype is not None else leaf.dtype
+        prefix = f"{hf_prefix}." if rule.backbone and hf_prefix else ""
+        layers = range(leaf.shape[0]) if rule.stacked else [None]
+        shape = leaf.shape[1:] if rule.stacked else leaf.shape
+        for layer in layers:
+            tensors.append(_pytorch_tensor(source, leaf.path, prefix + rule.hf_key(layer), rule, layer, shape,
+                                           out_dtype))
+    return sorted(tensors, key=lambda t: t.name)
+
+
+def _pytorch_tensor(source, path, name, rule, layer, shape, out_dtype) -> PendingTensor:
+    layer_index = () if layer is None else (slice(layer, layer + 1),)
+
+    def read(index):
+        data = source.read(path, index)
+        return (data[0] if layer is not None else data).astype(out_dtype, copy=False)
+
+    if rule.transform == table.TRANSPOSE:
+        # A kernel (in, out) becomes the weight (out, in): read whole (one layer of one linear), transpose.
+        def transposed():
+            yield np.ascontiguousarray(read(layer_index).T)
+
+        return PendingTensor(name, out_dtype, tuple(shape[::-1]), transposed)
+    if layer is not None:
+        def one_layer():
+            yield read(layer_index)
+
+        return PendingTensor(name, out_dtype, tuple(shape), one_layer)
+    return PendingTensor(name, out_dtype, tuple(shape), _row_chunks(read, shape, out_dtype.itemsize))
+
+
+def _shard(tensors: list[PendingTensor], max_shard_size: int) -> list[list[PendingTensor]]:
+    shards: list[list[PendingTensor]] = [[]]
+    size = 0
+    for tensor in tensors:
+        if shards[-1] and size + tensor.nbytes > max_shard_size:
+            shards.append([])
+            size = 0
+        shards[-1].append(tensor)
+        size += tensor.nbytes
+    return shards
+
+
+def write_checkpoint(
+    directory: str,
+    tensors: list[PendingTensor],
+    config_dict: dict,
+    *,
+    format: str,
+    metadata: dict[str, str],
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    overwrite: bool = False,
+    on_tensor: Callable[[PendingTensor], None] | None = None,
+    extra_files: dict[str, str] | None = None,
+) -> dict:
+    """Write a checkpoint directory all-or-nothing: everything goes to a temp directory beside the
+    destination, which is renamed into place only when complete (a failed or interrupted write
+    leaves the destination as it was). An existing destination is refused unless `overwrite`."""
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and not overwrite:
+        raise DestinationExistsError(f"destination {directory} exists; pass overwrite=True (--overwrite) to replace it")
+    weights_name, index_name = (FLAX_WEIGHTS, FLAX_INDEX) if format == "flax" else (SAFE_WEIGHTS, SAFE_INDEX)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.partial-", dir=parent)
+    started = time.perf_counter()
+    try:
+        shards = _shard(tensors, parse_size(max_shard_size))
+        weight_map, total = {}, 0
+        stem, ext = weights_name.rsplit(".", 1)
+        for i, shard in enumerate(shards, start=1):
+            name = weights_name if len(shards) == 1 else f"{stem}-{i:05d}-of-{len(shards):05d}.{ext}"
+            total += write_safetensors(os.path.join(staging, name), shard, metadata, on_tensor)
+            weight_map.update({t.name: name for t in shard})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
+            _write_json(os.path.join(staging, index_name), index)
+        _write_json(os.path.join(staging, "config.json"), config_dict)
+        for name, src in (extra_files or {}).items():
+            shutil.copyfile(src, os.path.join(staging, name))
+        os.chmod(staging, 0o755)
+        _replace_directory(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"tensors": len(tensors), "bytes": total, "files": len(shards),
+            "seconds": time.perf_counter() - started}
+
+
+def _write_json(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+
+
+def _replace_directory(staging: str, directory: str) -> None:
+    """Move the finished staging directory into place; an old one is removed only afterwards."""
+    if not os.path.exists(directory):
+        os.replace(staging, directory)
+        return
+    retired = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=os.path.dirname(directory))
+    os.rmdir(retired)
+    os.replace(directory, retired)
+    try:
+        os.replace(staging, directory)
+    except BaseException:
+        os.replace(retired, directory)  # put the user's directory back
+        raise
+    shutil.rmtree(retired, ignore_errors=True)

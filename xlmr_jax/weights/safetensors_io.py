@@ -1,0 +1,155 @@
+"""safetensors files read with positioned reads and written as a stream.
+
+Why not `safetensors.safe_open` / `save_file` alone: `safe_open` reads through a memory map, and
+every page it touches stays resident (and counted in RSS) for as long as the file is open, so a
+streaming conversion would look like a whole-checkpoint load; `save_file` needs every tensor in
+memory at once. The format is simple (8-byte little-endian header length, a JSON header, then
+the raw bytes), so reads here are `os.pread` of exactly the bytes asked for, and writes emit the
+header and then each tensor's bytes chunk by chunk. `safe_open` still validates every file we
+open, and the tests read what we write with the `safetensors` library itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from collections.abc import Callable, Iterable, Iterator
+
+import ml_dtypes
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+CHUNK_BYTES = 64 * 1024 * 1024  # what one read or write moves at most, for row-streamed tensors
+
+
+class SafetensorsFormatError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    stop: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.stop - self.start
+
+
+class SafetensorsReader:
+    """One safetensors file: header parsed once, tensors (or leading-axis slices) read on demand."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            with safe_open(path, framework="numpy"):
+                pass  # the library's own validation of header, offsets and file size
+        except (SafetensorError, OSError, ValueError) as err:
+            raise SafetensorsFormatError(f"{path}: not a readable safetensors file ({err})") from None
+        self._fd = os.open(path, os.O_RDONLY)
+        header_size = struct.unpack("<Q", os.pread(self._fd, 8, 0))[0]
+        header = json.loads(os.pread(self._fd, header_size, 8))
+        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        base = 8 + header_size
+        self.entries: dict[str, TensorEntry] = {}
+        for name, info in header.items():
+            if info["dtype"] not in DTYPES:
+                raise SafetensorsFormatError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+            start, stop = info["data_offsets"]
+            self.entries[name] = TensorEntry(name, DTYPES[info["dtype"]], tuple(info["shape"]),
+                                             base + start, base + stop)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _read_bytes(self, start: int, count: int) -> bytes:
+        data = os.pread(self._fd, count, start)
+        if len(data) != count:
+            raise SafetensorsFormatError(f"{self.path}: file ends before byte {start + count} (truncated?)")
+        return data
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
+        """The tensor, or `tensor[index]` for a tuple of unit-step slices; only the rows that the
+        leading slice covers are read from disk."""
+        entry = self.entries[name]
+        if not entry.shape:
+            return np.frombuffer(self._read_bytes(entry.start, entry.nbytes), entry.dtype).reshape(())
+        index = tuple(index or ())
+        start, stop, step = (index[0] if index else slice(None)).indices(entry.shape[0])
+        if step != 1:
+            raise ValueError(f"{self.path}: {name}: strided reads are not supported ({index[0]})")
+        count = max(stop - start, 0)
+        row_bytes = entry.nbytes // entry.shape[0] if entry.shape[0] else 0
+        data = self._read_bytes(entry.start + start * row_bytes, count * row_bytes) if count else b""
+        block = np.frombuffer(data, entry.dtype).reshape((count, *entry.shape[1:]))
+        return block[(slice(None), *index[1:])]
+
+    def iter_row_chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """The tensor in leading-axis blocks of at most ~chunk_bytes (a 2 GB embedding never whole)."""
+        entry = self.entries[name]
+        if len(entry.shape) == 0 or entry.shape[0] == 0:
+            yield self.read(name)
+            return
+        row_bytes = max(entry.nbytes // entry.shape[0], 1)
+        step = max(chunk_bytes // row_bytes, 1)
+        for start in range(0, entry.shape[0], step):
+            yield self.read(name, (slice(start, min(start + step, entry.shape[0])),))
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PendingTensor:
+    """A tensor to write: its header facts now, its bytes later, chunk by chunk, in row-major order."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    chunks: Callable[[], Iterable[np.ndarray]]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def write_safetensors(path: str, tensors: list[PendingTensor], metadata: dict[str, str] | None = None,
+                      on_tensor: Callable[[PendingTensor], None] | None = None) -> int:
+    """Write `tensors` to `path` (the caller renames a temp path into place); returns bytes written."""
+    header: dict[str, object] = {"__metadata__": dict(metadata or {})}
+    offset = 0
+    for tensor in tensors:
+        header[tensor.name] = {"dtype": DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                               "data_offsets": [offset, offset + tensor.nbytes]}
+        offset += tensor.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # keep the data 8-byte aligned, as the library does
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(encoded)))
+        fh.write(encoded)
+        for tensor in tensors:
+            written = 0
+            for chunk in tensor.chunks():
+                chunk = np.ascontiguousarray(chunk, dtype=tensor.dtype)
+                fh.write(chunk.tobytes() if chunk.ndim == 0 else memoryview(chunk.reshape(-1).view(np.uint8)))
+                written += chunk.nbytes
+            if written != tensor.nbytes:
+                raise RuntimeError(f"{path}: tensor {tensor.name!r} produced {written} bytes, expected {tensor.nbytes}")
+            if on_tensor is not None:
+                on_tensor(tensor)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return 8 + len(encoded) + offset

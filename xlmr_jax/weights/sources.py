@@ -1,0 +1,53 @@
+"""Where parameter values come from when writing: a model in memory, or a checkpoint on disk.
+
+Both give leaves in the Flax layout (stacked layers, transposed kernels), read by slices of the
+leading axis, so that writers can stream any tensor without holding a whole model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from xlmr_jax.weights.checkpoint import Checkpoint
+from xlmr_jax.weights.load import LeafPlan, read_leaf_slice
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafInfo:
+    path: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+class ModelSource:
+    """The params of an NNX model (device arrays, copied to the host one slice at a time)."""
+
+    def __init__(self, model):
+        self._arrays = {
+            tuple(str(p) for p in path): var[...] for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
+        }
+        self.leaves = [LeafInfo(path, tuple(a.shape), np.dtype(a.dtype)) for path, a in self._arrays.items()]
+
+    def read(self, path: tuple[str, ...], index: tuple[slice, ...] = ()) -> np.ndarray:
+        return np.asarray(jax.device_get(self._arrays[path][index]))
+
+
+class CheckpointSource:
+    """Leaves planned against a checkpoint (see `load.plan_load`), plus freshly initialised ones."""
+
+    def __init__(self, checkpoint: Checkpoint, plans: dict[tuple[str, ...], LeafPlan],
+                 initialised: dict[tuple[str, ...], jax.Array]):
+        self._checkpoint = checkpoint
+        self._plans = plans
+        self._initialised = initialised
+        self.leaves = [LeafInfo(path, plan.shape, plan.dtype) for path, plan in plans.items()]
+
+    def read(self, path: tuple[str, ...], index: tuple[slice, ...] = ()) -> np.ndarray:
+        plan = self._plans[path]
+        if plan.rule is None:
+            return np.asarray(self._initialised[path][index]).astype(plan.dtype)
+        return read_leaf_slice(self._checkpoint, plan, index)
