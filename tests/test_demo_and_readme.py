@@ -14,14 +14,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def readme_python_blocks() -> list[str]:
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
-        return re.findall(r"```python\n(.*?)```", fh.read(), flags=re.S)
+        return re.findall(r"```python\n(.*?)```", fh.read(), flags=re.DOTALL)
 
 
 def test_readme_examples_run():
     blocks = readme_python_blocks()
     assert blocks, "the README has no python example"
     for block in blocks:
-        exec(compile(block, "README.md", "exec"), {})
+        exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - running our own README
 
 
 def test_main_job_reports_parity(capsys):
@@ -37,6 +37,6 @@ def test_shipped_checkpoint_is_rebuilt_bit_for_bit(tmp_path):
     make_checkpoint([str(tmp_path / "rebuilt")])
     names = sorted(os.listdir(TINY_CHECKPOINT))
     assert names == sorted(os.listdir(tmp_path / "rebuilt"))
-    match, mismatch, errors = filecmp.cmpfiles(TINY_CHECKPOINT, tmp_path / "rebuilt", names, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(TINY_CHECKPOINT, tmp_path / "rebuilt", names, shallow=False)
     assert not mismatch and not errors, f"differ: {mismatch} {errors}"
     assert sum(os.path.getsize(os.path.join(TINY_CHECKPOINT, n)) for n in names) < 2_000_000

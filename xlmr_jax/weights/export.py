@@ -37,7 +37,7 @@ def parse_size(size: int | str) -> int:
     """"5GB", "500MB", "20KB" (powers of 1000, as transformers reads them) or a byte count."""
     if isinstance(size, int):
         return size
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, flags=re.I)
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B)?\s*", size, flags=re.IGNORECASE)
     if not found:
         raise ValueError(f"max_shard_size={size!r}: expected a byte count or e.g. '5GB', '500MB'")
     value, unit = float(found.group(1)), (found.group(2) or "B").upper()
