@@ -27,7 +27,13 @@ DEFAULT_MODEL_MAX_LENGTH = 512
 _UNLIMITED_THRESHOLD = 10**18
 _HF_UNLIMITED = int(1e30)
 
-_SPECIAL_KEYS = {"bos": "bos_token", "pad": "pad_token", "eos": "eos_token", "unk": "unk_token", "mask": "mask_token"}
+_SPECIAL_KEYS = {
+    "bos": "bos_token",
+    "pad": "pad_token",
+    "eos": "eos_token",
+    "unk": "unk_token",
+    "mask": "mask_token",
+}
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,9 @@ def load_processor(model_bytes: bytes, model_path: Path) -> spm.SentencePiecePro
     except Exception as error:  # sentencepiece raises RuntimeError/OSError depending on the damage
         raise ValueError(f"{model_path} is not a valid sentencepiece model ({error})") from error
     if processor.get_piece_size() <= 3:
-        raise ValueError(f"{model_path} holds only {processor.get_piece_size()} pieces; not an XLM-R vocabulary")
+        raise ValueError(
+            f"{model_path} holds only {processor.get_piece_size()} pieces; not an XLM-R vocabulary"
+        )
     return processor
 
 
@@ -60,7 +68,9 @@ def read_tokenizer_dir(path: str | os.PathLike) -> TokenizerFiles:
     else:
         model_path, directory = path / MODEL_FILE, path
     if not model_path.is_file():
-        raise FileNotFoundError(f"no sentencepiece model at {model_path} (expected a directory holding {MODEL_FILE})")
+        raise FileNotFoundError(
+            f"no sentencepiece model at {model_path} (expected a directory holding {MODEL_FILE})"
+        )
     config: dict[str, Any] = {}
     if directory is not None:
         config = {**_read_json(directory / SPECIAL_TOKENS_FILE), **_read_json(directory / CONFIG_FILE)}
@@ -80,7 +90,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error})") from error
     if not isinstance(content, dict):
-        raise ValueError(f"{path} must hold a JSON object, found {type(content).__name__}")
+        raise TypeError(f"{path} must hold a JSON object, found {type(content).__name__}")
     return content
 
 
@@ -119,8 +129,14 @@ def _mask_lstrip(config: dict[str, Any], mask: str) -> bool:
 
 
 def _added_token(content: str, lstrip: bool = False) -> dict[str, Any]:
-    return {"content": content, "lstrip": lstrip, "normalized": False, "rstrip": False,
-            "single_word": False, "special": True}
+    return {
+        "content": content,
+        "lstrip": lstrip,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": True,
+    }
 
 
 def tokenizer_config(special: SpecialTokens, mask_id: int, model_max_length: int | None) -> dict[str, Any]:
@@ -154,8 +170,11 @@ def special_tokens_map(special: SpecialTokens) -> dict[str, Any]:
         "sep_token": special.eos,
         "unk_token": special.unk,
         "pad_token": special.pad,
-        "mask_token": {key: value for key, value in _added_token(special.mask, special.mask_lstrip).items()
-                       if key != "special"},
+        "mask_token": {
+            key: value
+            for key, value in _added_token(special.mask, special.mask_lstrip).items()
+            if key != "special"
+        },
     }
 
 

@@ -40,7 +40,9 @@ def collect_texts(text: Any, text_pair: Any) -> TextBatch:
     """Turn ``text``/``text_pair`` into a :class:`TextBatch`, naming the offending index on bad input."""
     if isinstance(text, str):
         if text_pair is not None and not isinstance(text_pair, str):
-            raise TypeError(f"text is a single str, so text_pair must be a str too, got {_describe(text_pair)}")
+            raise TypeError(
+                f"text is a single str, so text_pair must be a str too, got {_describe(text_pair)}"
+            )
         return TextBatch([text], None if text_pair is None else [text_pair], batched=False)
     if not _is_batch(text):
         raise TypeError(
@@ -55,7 +57,9 @@ def collect_texts(text: Any, text_pair: Any) -> TextBatch:
     if text_pair is None:
         return TextBatch(first, None, batched=True)
     if not _is_batch(text_pair):
-        raise TypeError(f"text is a batch, so text_pair must be a list of str too, got {_describe(text_pair)}")
+        raise TypeError(
+            f"text is a batch, so text_pair must be a list of str too, got {_describe(text_pair)}"
+        )
     pairs = list(text_pair)
     if len(pairs) != len(first):
         raise ValueError(f"text has {len(first)} items but text_pair has {len(pairs)}; they must match")

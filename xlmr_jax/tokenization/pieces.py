@@ -28,6 +28,8 @@ from xlmr_jax.tokenization.vocab import META_SPACE, FairseqVocab, SpecialTokens
 _WHITE_SPACE_CLASS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 # Categories holding every character a sentencepiece normaliser may turn into a space or delete.
 _DROPPABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Mn", "Me"})
+# Smaller batches are encoded text by text on the calling thread.
+_THREADED_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -80,10 +82,7 @@ class PieceEncoder:
 
     def _may_hold_special(self, text: str) -> bool:
         # Cheap pre-check: every special token starts with "<", so most texts skip the regex.
-        for char in self._special_first_chars:
-            if char in text:
-                return True
-        return False
+        return any(char in text for char in self._special_first_chars)
 
     def _split_specials(self, text: str) -> list[str | _SpecialMatch]:
         """Text stretches and special-token matches in order; a mask match includes its lstrip."""
@@ -108,7 +107,7 @@ class PieceEncoder:
             return self._encode_segments(list(texts), [0] * len(texts), with_offsets)
         segments: list[str] = []
         segment_bases: list[int] = []
-        # Per text: how many source rows it concatenates; specials get rows after all segments.
+        # Per text, its parts in order: an index into `segments`, or a special token found in the text.
         plans: list[list[int | _SpecialMatch]] = []
         any_special = False
         for text in texts:
@@ -137,20 +136,10 @@ class PieceEncoder:
         return self._splice_specials(encoded, plans, len(segments))
 
     def _run_sentencepiece(self, segments: list[str], return_type: type | str) -> list:
-        try:
-            return self._processor.encode(segments, return_type=return_type, num_threads=self._num_threads)
-        except UnicodeEncodeError:
-            # Only lone surrogates fail UTF-8 encoding; report which text holds one.
-            for index, segment in enumerate(segments):
-                try:
-                    segment.encode("utf-8")
-                except UnicodeEncodeError as error:
-                    raise ValueError(
-                        f"text segment {index} is not valid Unicode (lone surrogate {segment[error.start]!r} "
-                        f"at position {error.start}); fix the input, e.g. with "
-                        f"text.encode('utf-8', 'replace').decode('utf-8')"
-                    ) from error
-            raise
+        if len(segments) < _THREADED_BATCH:
+            # Starting sentencepiece's worker threads costs more than encoding a few texts.
+            return [self._processor.encode(segment, return_type=return_type) for segment in segments]
+        return self._processor.encode(segments, return_type=return_type, num_threads=self._num_threads)
 
     def _encode_segments(self, segments: list[str], bases: list[int], with_offsets: bool) -> EncodedTexts:
         if not with_offsets:
@@ -198,7 +187,7 @@ class PieceEncoder:
             candidates = _droppable_candidates()
             normalized = self._processor.normalize([f"a{char}b" for char in candidates])
             table = np.zeros(sys.maxunicode + 1, dtype=bool)
-            for char, result in zip(candidates, normalized):
+            for char, result in zip(candidates, normalized, strict=True):
                 if result in ("\u2581a\u2581b", "\u2581ab"):
                     table[ord(char)] = True
             self._droppable_table = table
@@ -213,9 +202,7 @@ class PieceEncoder:
             self._bare_meta_by_id[list(self._vocab.special_by_id)] = False
         return self._bare_meta_by_id
 
-    def _align_offsets(
-        self, segments: list[str], bases: list[int], ids: Ragged, raw: Ragged
-    ) -> Ragged:
+    def _align_offsets(self, segments: list[str], bases: list[int], ids: Ragged, raw: Ragged) -> Ragged:
         """Turn sentencepiece's piece spans into reference-style spans, vectorised over the batch.
 
         sentencepiece attaches the whitespace before a word, and characters the normaliser deletes,

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from xlmr_jax.tokenization import files
+from xlmr_jax.tokenization.assembly import OutputRequest, assemble, package
 from xlmr_jax.tokenization.batch_encoding import BatchEncoding
 from xlmr_jax.tokenization.inputs import TextBatch, collect_id_rows, collect_ids, collect_texts
-from xlmr_jax.tokenization.padding import Padding, check_buckets, padded_width, resolve_padding
+from xlmr_jax.tokenization.lengths import LengthRequest, resolve_lengths
+from xlmr_jax.tokenization.padding import padded_width
 from xlmr_jax.tokenization.pieces import EncodedTexts, PieceEncoder
-from xlmr_jax.tokenization.ragged import Ragged, concat_rowwise
-from xlmr_jax.tokenization.truncation import Truncation, WindowPlan, plan_windows, resolve_truncation
+from xlmr_jax.tokenization.truncation import plan_windows
 from xlmr_jax.tokenization.vocab import (
     BOS_ID,
     EOS_ID,
@@ -30,26 +30,6 @@ from xlmr_jax.tokenization.vocab import (
 _RETURN_TENSORS = ("np", None)
 
 
-@dataclass(frozen=True)
-class _Lengths:
-    """Resolved padding/truncation settings for one call."""
-
-    padding: Padding
-    truncation: Truncation
-    max_length: int | None
-    budget: int | None  # tokens left for text once special tokens are counted
-
-
-@dataclass(frozen=True)
-class _Assembled:
-    """Final rows (special tokens included) before padding."""
-
-    ids: Ragged
-    special_mask: Ragged
-    offsets: Ragged | None
-    sample: np.ndarray
-
-
 class XLMRobertaTokenizer:
     """Tokenizer of XLM-R (base/large/XL/XXL): one ``sentencepiece.bpe.model`` and fairseq's id layout.
 
@@ -58,8 +38,8 @@ class XLMRobertaTokenizer:
     Outputs are ``int32`` numpy arrays by default.
     """
 
-    vocab_files_names = {"vocab_file": files.MODEL_FILE}
-    model_input_names = ("input_ids", "attention_mask")
+    vocab_files_names: ClassVar[dict[str, str]] = {"vocab_file": files.MODEL_FILE}
+    model_input_names: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask")
 
     def __init__(
         self,
@@ -83,8 +63,12 @@ class XLMRobertaTokenizer:
         if not model_path.is_file():
             raise FileNotFoundError(f"no sentencepiece model at {model_path}")
         self._init_from_bytes(
-            model_path, model_path.read_bytes(), model_max_length, special_tokens or SpecialTokens(),
-            num_threads, split_special_tokens,
+            model_path,
+            model_path.read_bytes(),
+            model_max_length,
+            special_tokens or SpecialTokens(),
+            num_threads,
+            split_special_tokens,
         )
 
     def _init_from_bytes(
@@ -220,7 +204,9 @@ class XLMRobertaTokenizer:
         pieces = self._vocab.pieces
         return [pieces[token_id] for token_id in self._vocab.check_ids(collect_ids(ids), "ids")]
 
-    def build_inputs_with_special_tokens(self, ids: Sequence[int], pair_ids: Sequence[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, ids: Sequence[int], pair_ids: Sequence[int] | None = None
+    ) -> list[int]:
         """``<s> A </s>`` or ``<s> A </s></s> B </s>``."""
         if pair_ids is None:
             return [BOS_ID, *ids, EOS_ID]
@@ -233,9 +219,10 @@ class XLMRobertaTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Token strings of ``text`` without ``<s>``/``</s>`` (special tokens in the text are kept whole)."""
-        batch = collect_texts(text, None)
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize takes one str, got a {type(text).__name__}; use __call__ for batches")
         pieces = self._vocab.pieces
-        return [pieces[token_id] for token_id in self._pieces.encode(batch.first, False).ids.values]
+        return [pieces[token_id] for token_id in self._pieces.encode([text], False).ids.values]
 
     def encode(
         self,
@@ -250,8 +237,14 @@ class XLMRobertaTokenizer:
     ) -> list[int] | list[list[int]]:
         """Ids as a Python list (a list of lists for a batch), like the reference's ``encode``."""
         encoding = self(
-            text, text_pair, add_special_tokens=add_special_tokens, padding=padding, truncation=truncation,
-            max_length=max_length, pad_to_multiple_of=pad_to_multiple_of, return_tensors=None,
+            text,
+            text_pair,
+            add_special_tokens=add_special_tokens,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_tensors=None,
             return_attention_mask=False,
         )
         return encoding["input_ids"]
@@ -298,89 +291,49 @@ class XLMRobertaTokenizer:
         if return_tensors not in _RETURN_TENSORS:
             raise ValueError(f"return_tensors={return_tensors!r} must be 'np' or None")
         batch = collect_texts(text, text_pair)
-        is_pair = batch.second is not None
-        n_special = self.num_special_tokens_to_add(is_pair) if add_special_tokens else 0
-        lengths = self._resolve_lengths(
-            padding, truncation, max_length, stride, pad_to_multiple_of, buckets, n_special,
+        n_special = self.num_special_tokens_to_add(batch.second is not None) if add_special_tokens else 0
+        request = LengthRequest(
+            padding, truncation, max_length, stride, pad_to_multiple_of, buckets, return_overflowing_tokens
+        )
+        lengths = resolve_lengths(request, self.model_max_length, n_special)
+        first, second = self._encode_texts(batch, return_offsets_mapping)
+        second_lengths = None if second is None else second.ids.lengths
+        plan = plan_windows(
+            first.ids.lengths,
+            second_lengths,
+            lengths.truncation,
+            lengths.budget,
+            stride,
             return_overflowing_tokens,
         )
-        first, second = self._encode_texts(batch, return_offsets_mapping)
-        plan = plan_windows(
-            first.ids.lengths, None if second is None else second.ids.lengths, lengths.truncation,
-            lengths.budget, stride, return_overflowing_tokens,
-        )
-        assembled = self._assemble(first, second, plan, add_special_tokens)
+        assembled = assemble(first, second, plan, add_special_tokens)
         width = padded_width(
-            assembled.ids.lengths, lengths.padding, lengths.max_length, pad_to_multiple_of, check_buckets(buckets)
+            assembled.ids.lengths,
+            lengths.padding,
+            lengths.max_length,
+            lengths.pad_to_multiple_of,
+            lengths.buckets,
         )
-        return self._package(
-            assembled, width, batch, return_tensors, return_attention_mask, return_token_type_ids,
-            return_special_tokens_mask, return_overflowing_tokens,
+        output = OutputRequest(
+            return_tensors=return_tensors,
+            attention_mask=return_attention_mask,
+            token_type_ids=return_token_type_ids,
+            special_tokens_mask=return_special_tokens_mask,
+            overflow=return_overflowing_tokens,
+            batched=batch.batched,
         )
-
-    def _resolve_lengths(
-        self,
-        padding: bool | str,
-        truncation: bool | str | None,
-        max_length: int | None,
-        stride: int,
-        pad_to_multiple_of: int | None,
-        buckets: Sequence[int] | None,
-        n_special: int,
-        overflow: bool,
-    ) -> _Lengths:
-        """The reference's padding/truncation defaults, plus clear errors for impossible settings."""
-        for name, value, minimum in (("max_length", max_length, 1), ("pad_to_multiple_of", pad_to_multiple_of, 1)):
-            if value is not None and (not isinstance(value, (int, np.integer)) or value < minimum):
-                raise ValueError(f"{name}={value!r} must be a positive int or None")
-        if not isinstance(stride, (int, np.integer)) or stride < 0:
-            raise ValueError(f"stride={stride!r} must be a non-negative int")
-        if max_length is not None and padding is False and truncation is None:
-            truncation = True  # the reference's rule: a bare max_length means "truncate to it"
-        pad = resolve_padding(padding)
-        if pad is Padding.DO_NOT_PAD and (pad_to_multiple_of is not None or buckets is not None):
-            pad = Padding.LONGEST
-        if buckets is not None and (pad is Padding.MAX_LENGTH or pad_to_multiple_of is not None):
-            raise ValueError("buckets replaces padding='max_length' and pad_to_multiple_of; pass only one")
-        strategy = resolve_truncation(truncation)
-        if max_length is None and pad is Padding.MAX_LENGTH:
-            if self.model_max_length is None:
-                raise ValueError("padding='max_length' needs max_length: this tokenizer has no model_max_length")
-            max_length = self.model_max_length
-        if max_length is None and strategy is not Truncation.DO_NOT_TRUNCATE:
-            if self.model_max_length is None:
-                strategy = Truncation.DO_NOT_TRUNCATE
-            else:
-                max_length = self.model_max_length
-        budget = None
-        if strategy is not Truncation.DO_NOT_TRUNCATE:
-            budget = self._budget(max_length, n_special, stride, overflow)
-            if pad is not Padding.DO_NOT_PAD and pad_to_multiple_of and max_length % pad_to_multiple_of:
-                raise ValueError(
-                    f"max_length={max_length} is not a multiple of pad_to_multiple_of={pad_to_multiple_of}; "
-                    f"truncated rows would not fill the padded width"
-                )
-        return _Lengths(pad, strategy, max_length, budget)
-
-    @staticmethod
-    def _budget(max_length: int, n_special: int, stride: int, overflow: bool) -> int:
-        if max_length < n_special:
-            raise ValueError(
-                f"max_length={max_length} is smaller than the {n_special} special tokens every row needs "
-                f"(<s> ... </s>{'</s> ... </s>' if n_special == 4 else ''}); use max_length >= {n_special}"
-            )
-        budget = max_length - n_special
-        if overflow and stride >= budget:
-            raise ValueError(
-                f"stride={stride} must be smaller than the {budget} text tokens that fit in "
-                f"max_length={max_length} after {n_special} special tokens"
-            )
-        return budget
+        return package(assembled, width, output)
 
     def _encode_texts(self, batch: TextBatch, with_offsets: bool) -> tuple[EncodedTexts, EncodedTexts | None]:
         """Both sides of every pair go through one sentencepiece batch call (one thread pool)."""
         texts = batch.first if batch.second is None else batch.first + batch.second
-        encoded = self._pieces.encode(texts, with_offsets)
+        try:
+            encoded = self._pieces.encode(texts, with_offsets)
+        except (UnicodeEncodeError, TypeError, RuntimeError):
+            # sentencepiece rejects strings that are not valid UTF-8 (lone surrogates) with one of these
+            # errors, depending on the entry point; name the offending text, or re-raise if it is not that.
+            _raise_for_invalid_unicode(batch)
+            raise
         if batch.second is None:
             return encoded, None
         n = len(batch.first)
@@ -389,66 +342,6 @@ class XLMRobertaTokenizer:
             offsets = None if encoded.offsets is None else encoded.offsets.take_rows(rows)
             halves.append(EncodedTexts(encoded.ids.take_rows(rows), offsets))
         return halves[0], halves[1]
-
-    def _assemble(
-        self, first: EncodedTexts, second: EncodedTexts | None, plan: WindowPlan, add_special_tokens: bool
-    ) -> _Assembled:
-        """Cut the planned windows and wrap them as ``<s> A </s>`` / ``<s> A </s></s> B </s>``."""
-        windows = [_windows(first, plan.sample, plan.first_start, plan.first_stop)]
-        if second is not None:
-            windows.append(_windows(second, plan.sample, plan.second_start, plan.second_stop))
-        n_rows = len(plan.sample)
-        with_offsets = first.offsets is not None
-
-        def special(token_id: int) -> tuple[Ragged, Ragged, Ragged | None]:
-            if not add_special_tokens:
-                return Ragged.empty_rows(n_rows), Ragged.empty_rows(n_rows), (
-                    Ragged.empty_rows(n_rows, (2,)) if with_offsets else None)
-            offsets = Ragged.constant((0, 0), n_rows) if with_offsets else None
-            return Ragged.constant(token_id, n_rows), Ragged.constant(1, n_rows), offsets
-
-        parts = [special(BOS_ID), windows[0], special(EOS_ID)]
-        if second is not None:
-            parts += [special(EOS_ID), windows[1], special(EOS_ID)]
-        ids = concat_rowwise([part[0] for part in parts])
-        special_mask = concat_rowwise([part[1] for part in parts])
-        offsets = concat_rowwise([part[2] for part in parts]) if with_offsets else None
-        return _Assembled(ids, special_mask, offsets, plan.sample)
-
-    def _package(
-        self,
-        assembled: _Assembled,
-        width: int | None,
-        batch: TextBatch,
-        return_tensors: str | None,
-        return_attention_mask: bool,
-        return_token_type_ids: bool,
-        return_special_tokens_mask: bool,
-        return_overflowing_tokens: bool,
-    ) -> BatchEncoding:
-        """Pad and convert to arrays or lists, in the reference's key order."""
-        lengths = assembled.ids.lengths
-        fields: dict[str, tuple[Ragged, Any]] = {"input_ids": (assembled.ids, PAD_ID)}
-        if return_token_type_ids:
-            fields["token_type_ids"] = (Ragged(np.zeros_like(assembled.ids.values), lengths), 0)
-        if return_attention_mask:
-            fields["attention_mask"] = (Ragged(np.ones_like(assembled.ids.values), lengths), 0)
-        if return_special_tokens_mask:
-            fields["special_tokens_mask"] = (assembled.special_mask, 1)
-        if assembled.offsets is not None:
-            fields["offset_mapping"] = (assembled.offsets, (0, 0))
-        if return_tensors == "np":
-            width = _dense_width(lengths, width)
-            output = {name: ragged.to_dense(width, pad) for name, (ragged, pad) in fields.items()}
-            if return_overflowing_tokens:
-                output["overflow_to_sample_mapping"] = assembled.sample.astype(np.int32)
-            return BatchEncoding(output)
-        output = {name: _padded_lists(ragged, width, pad) for name, (ragged, pad) in fields.items()}
-        if return_overflowing_tokens:
-            output["overflow_to_sample_mapping"] = assembled.sample.tolist()
-        elif not batch.batched:
-            output = {name: rows[0] for name, rows in output.items()}
-        return BatchEncoding(output)
 
     # -- decoding ---------------------------------------------------------------------------------------
 
@@ -472,37 +365,19 @@ class XLMRobertaTokenizer:
 
     def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> list[str]:
         """``decode`` for every row of a list of id lists or a 2-D array."""
-        return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in collect_id_rows(sequences)]
+        return [
+            self.decode(row, skip_special_tokens=skip_special_tokens) for row in collect_id_rows(sequences)
+        ]
 
 
-def _windows(encoded: EncodedTexts, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> tuple:
-    ids = encoded.ids.windows(rows, starts, stops)
-    mask = Ragged(np.zeros_like(ids.values), ids.lengths)
-    offsets = None if encoded.offsets is None else encoded.offsets.windows(rows, starts, stops)
-    return ids, mask, offsets
-
-
-def _dense_width(lengths: np.ndarray, width: int | None) -> int:
-    """Width of the numpy output; rows must all fit (padding) or all be equally long."""
-    longest = int(lengths.max()) if len(lengths) else 0
-    if width is None:
-        if len(lengths) and int(lengths.min()) != longest:
+def _raise_for_invalid_unicode(batch: TextBatch) -> None:
+    named = [(f"text[{index}]", text) for index, text in enumerate(batch.first)]
+    named += [(f"text_pair[{index}]", text) for index, text in enumerate(batch.second or [])]
+    for name, text in named:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
             raise ValueError(
-                f"rows have different lengths ({int(lengths.min())} to {longest} tokens) and no padding was "
-                f"asked for; pass padding=True (or buckets=...) for an array, or return_tensors=None for lists"
-            )
-        return longest
-    if longest > width:
-        raise ValueError(
-            f"a row has {longest} tokens, more than the padded width {width}; pass truncation=True "
-            f"(padding='max_length' does not truncate on its own)"
-        )
-    return width
-
-
-def _padded_lists(ragged: Ragged, width: int | None, pad: Any) -> list[list]:
-    rows = ragged.to_lists()
-    if width is None:
-        return rows
-    pad_item = tuple(pad) if isinstance(pad, tuple) else pad
-    return [row + [pad_item] * (width - len(row)) if len(row) < width else row for row in rows]
+                f"{name} is not valid Unicode: lone surrogate {text[error.start]!r} at position "
+                f"{error.start} (repair it e.g. with text.encode('utf-8', 'replace').decode('utf-8'))"
+            ) from error

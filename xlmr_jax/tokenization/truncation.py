@@ -55,7 +55,9 @@ def plan_windows(
 ) -> WindowPlan:
     """Slices for every output row; ``budget`` is the token budget left after special tokens."""
     if strategy is Truncation.ONLY_SECOND and second_lengths is None:
-        raise ValueError("truncation='only_second' needs text_pair; use 'only_first' or True for single texts")
+        raise ValueError(
+            "truncation='only_second' needs text_pair; use 'only_first' or True for single texts"
+        )
     if strategy is Truncation.DO_NOT_TRUNCATE or budget is None:
         return _untruncated(first_lengths, second_lengths)
     targets = _targets(first_lengths, second_lengths, strategy, budget)
@@ -99,7 +101,9 @@ def _targets(
     return first, np.where(over, second - (total - budget), second)
 
 
-def _longest_first_targets(first: np.ndarray, second: np.ndarray, budget: int) -> tuple[np.ndarray, np.ndarray]:
+def _longest_first_targets(
+    first: np.ndarray, second: np.ndarray, budget: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The reference's pair rule: shorten the longer one; if both are long, split the budget evenly."""
     shorter = np.minimum(first, second)
     longer = np.where(shorter > budget, shorter, np.maximum(shorter, budget - shorter))
