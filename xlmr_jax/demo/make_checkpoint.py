@@ -43,6 +43,8 @@ def build(directory: str) -> None:
     import torch
     import transformers
 
+    from xlmr_jax.tokenizer import XLMRobertaTokenizer
+
     spm_path = train_sentencepiece(directory)
     vocab_size = spm.SentencePieceProcessor(model_file=spm_path).get_piece_size() + 2  # + <pad>, <mask>
     config = transformers.XLMRobertaConfig(
@@ -59,11 +61,9 @@ def build(directory: str) -> None:
             scale = param.shape[1] ** -0.5 if param.ndim == 2 and "embeddings" not in name else 0.3
             param.copy_((1.0 if "LayerNorm.weight" in name or "layer_norm.weight" in name else 0.0) + scale * noise)
     model.save_pretrained(directory, safe_serialization=True)
-    tokenizer = transformers.XLMRobertaTokenizer(vocab_file=spm_path, model_max_length=128)
-    tokenizer.save_pretrained(directory)
-    for leftover in ("tokenizer.json",):  # keep the asset to the sentencepiece model + configs
-        if os.path.exists(os.path.join(directory, leftover)):
-            os.remove(os.path.join(directory, leftover))
+    # Our tokenizer writes tokenizer_config.json with the released model's special tokens
+    # (<mask> strips the space before it); transformers loads it as an XLMRobertaTokenizer.
+    XLMRobertaTokenizer(spm_path, model_max_length=128).save_pretrained(directory)
     os.chmod(directory, 0o755)  # mkdtemp made it private
     for name in os.listdir(directory):
         os.chmod(os.path.join(directory, name), 0o644)

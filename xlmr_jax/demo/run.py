@@ -143,7 +143,7 @@ def print_table(rows: list[Row]) -> None:
     for row in rows:
         diff = "(transformers not installed)" if row.max_abs_diff is None else f"{row.max_abs_diff:.2e}"
         flag = "" if row.ok else "  FAIL"
-        print(f"{row.model:<38} {row.output:<18} {str(row.shape):<16} {diff:>26}{flag}")
+        print(f"{row.model:<38} {row.output:<18} {row.shape!s:<16} {diff:>26}{flag}")
 
 
 def main(checkpoint: str | None = None, sentences: list[str] | None = None) -> int:
