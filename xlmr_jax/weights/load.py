@@ -135,14 +135,14 @@ def plan_load(abstract_state, checkpoint: Checkpoint, hf_prefix: str, config, so
             leaf, rule, layer = found
             leaf.rule = rule
             leaf.sources[layer] = key
-    problems += _missing_leaf_problems(leaves, report, hf_prefix, config, source)
+    problems += _missing_leaf_problems(leaves, report, hf_prefix, config, source, checkpoint.format)
     if problems:
         raise CheckpointError(f"cannot load {source}:\n  " + "\n  ".join(problems))
     report.loaded = sorted(".".join(p) for p, leaf in leaves.items() if leaf.rule is not None)
     return leaves, report
 
 
-def _missing_leaf_problems(leaves, report, hf_prefix, config, source) -> list[str]:
+def _missing_leaf_problems(leaves, report, hf_prefix, config, source, fmt) -> list[str]:
     problems = []
     for path, leaf in leaves.items():
         dotted = ".".join(path)
@@ -159,8 +159,10 @@ def _missing_leaf_problems(leaves, report, hf_prefix, config, source) -> list[st
             not hf_prefix or dotted.startswith(hf_prefix + "."))
         if in_backbone and not relative.startswith(_INITIALISABLE_BACKBONE):
             rule = table.rule_for_flax_path(relative)
-            hf = _hf_name(rule, hf_prefix, 0) if rule else dotted
-            problems.append(f"missing tensor {hf!r} (for {dotted}) in {source}")
+            if fmt == FLAX or rule is None:
+                problems.append(f"missing tensor {dotted!r} in {source}")
+            else:
+                problems.append(f"missing tensor {_hf_name(rule, hf_prefix, 0)!r} (for {dotted}) in {source}")
         else:
             report.initialised.append(dotted)
     return problems
