@@ -70,9 +70,15 @@ def test_zero_dropout_rates_make_training_mode_deterministic():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
-def test_jitted_forward_equals_eager():
+def test_jit_forward_equals_eager_and_returns_only_outputs():
     model = xlmr_jax.XLMRobertaForSequenceClassification(XLMRobertaConfig(**TINY))
-    forward = nnx.jit(lambda m, ids, mask: m(ids, mask).logits)
-    np.testing.assert_allclose(np.asarray(forward(model, IDS, MASK)), np.asarray(model(IDS, MASK).logits),
+    forward = xlmr_jax.jit_forward(model)
+    np.testing.assert_allclose(np.asarray(forward(IDS, MASK).logits), np.asarray(model(IDS, MASK).logits),
                                atol=1e-6)
-    assert forward(model, jnp.asarray(IDS), jnp.asarray(MASK)).shape == (2, 2)
+    # nothing but the output dataclass leaves the compiled function (no copy of the params)
+    assert len(jax.tree.leaves(forward(jnp.asarray(IDS), jnp.asarray(MASK)))) == 1
+    with_states = xlmr_jax.jit_forward(model, output_hidden_states=True)
+    assert len(with_states(IDS, attention_mask=MASK).hidden_states) == 3
+    loss = xlmr_jax.jit_forward(model, deterministic=False)(IDS, MASK, labels=np.array([0, 1]),
+                                                            dropout_rng=jax.random.key(0)).loss
+    assert np.isfinite(float(loss))

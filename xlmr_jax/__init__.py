@@ -11,6 +11,7 @@ from xlmr_jax.modeling import (
     XLMRobertaForTokenClassification,
     XLMRobertaModel,
 )
+from xlmr_jax.jit import jit_forward
 from xlmr_jax.registry import MODEL_CLASSES
 from xlmr_jax.weights import CheckpointError
 
@@ -27,5 +28,6 @@ __all__ = [
     "XLMRobertaForSequenceClassification",
     "XLMRobertaForTokenClassification",
     "XLMRobertaModel",
+    "jit_forward",
 ]
 __version__ = "0.1.0"

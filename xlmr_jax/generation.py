@@ -47,10 +47,13 @@ def _choose(logits, rng, *, do_sample, temperature, top_k, top_p):
 
 
 @functools.partial(
-    nnx.jit, static_argnames=("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id")
+    jax.jit,
+    static_argnames=("graphdef", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id"),
 )
-def _generate(model, input_ids, attention_mask, rng, encoder_hidden_states, encoder_attention_mask, *,
+def _generate(graphdef, state, input_ids, attention_mask, rng, encoder_hidden_states, encoder_attention_mask, *,
               max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id):
+    # The params come in as an argument and only the ids go out (see xlmr_jax/jit.py for why).
+    model = nnx.merge(graphdef, state)
     pad = model.config.pad_token_id
     batch, prompt_length = input_ids.shape
     total = prompt_length + max_new_tokens
@@ -130,8 +133,9 @@ def generate(
     rng = rng if rng is not None else jax.random.key(0)
     if eos_token_id == -1:
         eos_token_id = cfg.eos_token_id
+    graphdef, state = nnx.split(model)
     return _generate(
-        model, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32), rng,
+        graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32), rng,
         encoder_hidden_states, None if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask),
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=float(temperature),
         top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,

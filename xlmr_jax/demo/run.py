@@ -15,7 +15,6 @@ import tempfile
 
 import jax
 import numpy as np
-from flax import nnx
 
 import xlmr_jax
 from xlmr_jax.demo.corpus import DEMO_SENTENCES
@@ -112,8 +111,7 @@ def run_demo(checkpoint: str, sentences: list[str]) -> list[Row]:
             else:
                 expected = None
                 ours = getattr(xlmr_jax, arch).from_pretrained(checkpoint, **changes)
-        forward = nnx.jit(lambda model, batch: model(**batch))
-        got = forward(ours, inputs)
+        got = xlmr_jax.jit_forward(ours)(**inputs)
         for field in fields:
             value = np.asarray(getattr(got, field))
             diff = None
