@@ -178,18 +178,18 @@ def read_leaf_slice(checkpoint: Checkpoint, leaf: LeafPlan, index: tuple[slice, 
     rule = leaf.rule
 
     def read_one(key: str, sub: tuple[slice, ...]) -> np.ndarray:
-        if rule.transform == table.TRANSPOSE:
-            return np.ascontiguousarray(checkpoint.read(key, sub[::-1]).T)
-        return checkpoint.read(key, sub)
+        data = checkpoint.read(key, sub[::-1] if rule.transform == table.TRANSPOSE else sub)
+        return data.T if rule.transform == table.TRANSPOSE else data  # a view; copied once below
 
     index = tuple(index) + (slice(None),) * (len(leaf.shape) - len(index))
-    if rule.stacked:
-        layers = range(leaf.shape[0])[index[0]]
-        parts = [read_one(leaf.sources[i], index[1:]) for i in layers]
-        out = np.stack(parts) if parts else np.zeros((0,), leaf.dtype)
-    else:
-        out = read_one(leaf.sources[None], index)
-    return out.astype(leaf.dtype, copy=False)
+    if not rule.stacked:
+        return np.asarray(read_one(leaf.sources[None], index), dtype=leaf.dtype, order="C")
+    layers = range(leaf.shape[0])[index[0]]
+    shape = (len(layers), *(len(range(n)[s]) for n, s in zip(leaf.shape[1:], index[1:], strict=True)))
+    out = np.empty(shape, leaf.dtype)
+    for row, layer in enumerate(layers):
+        out[row] = read_one(leaf.sources[layer], index[1:])  # transpose and cast in one copy
+    return out
 
 
 def materialise(

@@ -146,6 +146,7 @@ def write_safetensors(path: str, tensors: list[PendingTensor], metadata: dict[st
                 chunk = np.ascontiguousarray(chunk, dtype=tensor.dtype)
                 fh.write(chunk.tobytes() if chunk.ndim == 0 else memoryview(chunk.reshape(-1).view(np.uint8)))
                 written += chunk.nbytes
+                del chunk  # free it before the producer builds the next one
             if written != tensor.nbytes:
                 raise RuntimeError(f"{path}: tensor {tensor.name!r} produced {written} bytes, expected {tensor.nbytes}")
             if on_tensor is not None:
