@@ -42,9 +42,9 @@ def all_tensors(directory) -> dict[str, np.ndarray]:
 
 def assert_bit_identical(a: dict, b: dict):
     assert sorted(a) == sorted(b), f"keys differ: {sorted(set(a) ^ set(b))}"
-    for key in a:
-        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-        assert np.array_equal(a[key].view(np.uint8), b[key].view(np.uint8)), f"{key} differs"
+    for key, value in a.items():
+        assert value.dtype == b[key].dtype and value.shape == b[key].shape, key
+        assert np.array_equal(value.view(np.uint8), b[key].view(np.uint8)), f"{key} differs"
 
 
 def load_reference(layout, arch, directory):
@@ -116,7 +116,7 @@ def test_sharded_source_and_sharded_outputs(tmp_path):
 
 
 def test_save_pretrained_both_formats(reference_checkpoint, tmp_path):
-    ref, path = reference_checkpoint("xlm-roberta", "XLMRobertaForTokenClassification")
+    _, path = reference_checkpoint("xlm-roberta", "XLMRobertaForTokenClassification")
     model = xlmr_jax.XLMRobertaForTokenClassification.from_pretrained(path)
     summary = model.save_pretrained(tmp_path / "pt", format="pytorch")
     assert summary["tensors"] == len(all_tensors(path))

@@ -1,6 +1,7 @@
 """XLM-RoBERTa in JAX/Flax NNX: every task head of the reference, streaming checkpoint loading."""
 
 from xlmr_jax.config import PRESETS, XLMRobertaConfig
+from xlmr_jax.jit import jit_forward
 from xlmr_jax.modeling import (
     KVCache,
     XLMRobertaForCausalLM,
@@ -11,7 +12,6 @@ from xlmr_jax.modeling import (
     XLMRobertaForTokenClassification,
     XLMRobertaModel,
 )
-from xlmr_jax.jit import jit_forward
 from xlmr_jax.registry import MODEL_CLASSES
 from xlmr_jax.weights import CheckpointError
 

@@ -103,6 +103,14 @@ def _default_sharding(path, shape):
     return jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
 
+def _mesh_sharding(abstract_state, mesh, rules):
+    """Shardings of every leaf, all computed (and checked for divisibility) before any read."""
+    from xlmr_jax.sharding import state_shardings
+
+    shardings = state_shardings(abstract_state, mesh, rules)
+    return lambda path, shape: shardings[path]
+
+
 class PreTrainedMixin:
     """Adds `from_pretrained` and `save_pretrained` to a model class. Subclasses set `hf_prefix`
     ("roberta" for heads, "" for the bare model) and `hf_architecture` (the reference class name)."""
@@ -121,6 +129,8 @@ class PreTrainedMixin:
         config: XLMRobertaConfig | None = None,
         allow_pickle: bool = False,
         revision: str | None = None,
+        mesh=None,
+        rules=None,
         **kwargs: Any,
     ):
         """Load a checkpoint directory or hub id, in HF PyTorch format (`config.json` +
@@ -132,6 +142,11 @@ class PreTrainedMixin:
         change the config (e.g. `num_labels=3`, `is_decoder=True`). A head that the checkpoint
         lacks is initialised from `seed` and reported with a warning; nothing else is filled
         silently.
+
+        With `mesh` (see `xlmr_jax.sharding.make_mesh`), every parameter is created directly in its
+        sharding under `rules` ("dp", "fsdp" (default), "tp", "fsdp_tp" or a dict logical axis ->
+        mesh axis): each device's slice is read from the files on its own, so no host ever holds
+        the whole model (on several hosts, each reads only the slices of its own devices).
         """
         from xlmr_jax.weights.load import materialise
 
@@ -144,8 +159,10 @@ class PreTrainedMixin:
             config = config.replace(**kwargs)
         with planned_checkpoint(cls, directory, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
                                 ctor_kwargs=ctor_kwargs, allow_pickle=allow_pickle) as planned:
-            arrays = materialise(planned.checkpoint, planned.leaves, _default_sharding)
-        arrays.update(planned.initialised)
+            sharding_for = _default_sharding if mesh is None else _mesh_sharding(planned.state, mesh, rules)
+            arrays = materialise(planned.checkpoint, planned.leaves, sharding_for)
+        for leaf_path, value in planned.initialised.items():
+            arrays[leaf_path] = value if mesh is None else jax.device_put(value, sharding_for(leaf_path, value.shape))
         for path_, var in nnx.to_flat_state(planned.state):
             var.set_value(arrays[tuple(str(p) for p in path_)])
         return nnx.merge(planned.graphdef, planned.state)

@@ -1,0 +1,5 @@
+"""Training: jitted train / eval steps over (optionally sharded) parameters, with optax."""
+
+from xlmr_jax.training.steps import TrainState, make_eval_step, make_train_step, model_from_state
+
+__all__ = ["TrainState", "make_eval_step", "make_train_step", "model_from_state"]

@@ -1,0 +1,72 @@
+"""One jitted train step and one eval step, for any of the seven models.
+
+The model is split once into a static graph and its parameters; the steps are pure functions of
+(parameters, optimizer state, batch), so they work unchanged on one device or on a mesh: sharded
+parameters (from `from_pretrained(..., mesh=...)`) stay sharded, the optimizer state is created
+with the same shardings, and the old parameters and optimizer state are donated to the update.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+
+@struct.dataclass
+class TrainState:
+    params: nnx.State
+    opt_state: optax.OptState
+    step: jax.Array
+
+
+def _loss(graphdef, params, batch: Mapping, dropout_rng):
+    model = nnx.merge(graphdef, params)
+    out = model(**batch, deterministic=dropout_rng is None, dropout_rng=dropout_rng)
+    if out.loss is None:
+        raise ValueError("the batch gives no loss: pass labels (or start_positions/end_positions for QA)")
+    return out.loss
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation) -> tuple[TrainState, Callable]:
+    """(initial state, step) for training `model` with `optimizer`.
+
+    `state, loss = step(state, batch, dropout_rng)`; `batch` is a dict of the model's keyword
+    arguments (input_ids, attention_mask, labels, ...); `dropout_rng=None` trains without dropout.
+    The state passed in is donated: use the returned one. `model_from_state(model, state)` gives
+    the trained model back.
+    """
+    graphdef, params = nnx.split(model)
+    opt_state = jax.jit(optimizer.init)(params)  # jit: created with the params' shardings
+    state = TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def train_step(state: TrainState, batch: Mapping, dropout_rng=None):
+        loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, batch, dropout_rng)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+    return state, train_step
+
+
+def make_eval_step(model) -> Callable:
+    """`loss, outputs = eval_step(params, batch)`: no dropout, no update; `params` from a TrainState."""
+    graphdef, _ = nnx.split(model)
+
+    @jax.jit
+    def eval_step(params, batch: Mapping):
+        out = nnx.merge(graphdef, params)(**batch)
+        return out.loss, out
+
+    return eval_step
+
+
+def model_from_state(model, state: TrainState):
+    """The model with the trained parameters of `state` (the structure of `model`)."""
+    graphdef, _ = nnx.split(model)
+    return nnx.merge(graphdef, state.params)
