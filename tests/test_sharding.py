@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 from parity import assert_close
 from reference_models import padded_batch
@@ -136,3 +137,20 @@ def test_axis_that_does_not_divide_names_param_and_dimension(reference_checkpoin
         xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(path, mesh=make_mesh("auto"), rules="zero3")
     with pytest.raises(ValueError, match="batch size 6 is not divisible"):
         shard_batch(np.zeros((6, 4), np.int32), make_mesh("data=8"))
+
+
+def test_memory_per_device_matches_the_arrays_placed(reference_checkpoint):
+    from xlmr_jax.sharding import param_bytes_per_device
+
+    _, path = reference_checkpoint("xlm-roberta", "XLMRobertaForMaskedLM", **SHARDABLE)
+    mesh = make_mesh("data=2,fsdp=2,tensor=2")
+    model = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(path, mesh=mesh, rules="fsdp_tp")
+    device = jax.devices()[0]
+    held = sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(nnx.state(model))
+        for shard in leaf.addressable_shards if shard.device == device
+    )
+    computed = param_bytes_per_device(xlmr_jax.XLMRobertaForMaskedLM, model.config, mesh.shape, "fsdp_tp")
+    assert held == computed
+    assert computed < param_bytes_per_device(xlmr_jax.XLMRobertaForMaskedLM, model.config, {"data": 8}, "dp") / 3

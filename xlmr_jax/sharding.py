@@ -111,27 +111,45 @@ def logical_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
     raise ValueError(f"no logical axes for parameter {dotted} (rank {ndim}); add it to sharding._LOGICAL_AXES")
 
 
-def partition_spec(path: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
+def partition_spec(path: tuple[str, ...], shape: tuple[int, ...], mesh_shape: Mapping[str, int],
                    rules: Mapping[str, str | None]) -> PartitionSpec:
-    """The PartitionSpec of one parameter; an axis that does not divide its dimension is an error
-    naming the parameter and the dimension."""
+    """The PartitionSpec of one parameter on a mesh of `mesh_shape` ({axis: size}); an axis that does
+    not divide its dimension is an error naming the parameter and the dimension."""
     axes = logical_axes(path, len(shape))
     spec = []
     for dim, (size, name) in enumerate(zip(shape, axes, strict=True)):
         mesh_axis = rules.get(name) if name is not None else None
-        if mesh_axis is not None and mesh.shape[mesh_axis] > 1 and size % mesh.shape[mesh_axis]:
+        ways = mesh_shape.get(mesh_axis, 1) if mesh_axis is not None else 1
+        if ways > 1 and size % ways:
             raise ValueError(
                 f"parameter {'.'.join(path)}: dimension {dim} ({name}, size {size}) is not divisible by "
-                f"mesh axis '{mesh_axis}' of size {mesh.shape[mesh_axis]}; choose another mesh or rules "
-                f"that leave '{name}' unsharded"
+                f"mesh axis '{mesh_axis}' of size {ways}; choose another mesh or rules that leave "
+                f"'{name}' unsharded, e.g. rules={{**RULES['fsdp_tp'], '{name}': None}}"
             )
-        spec.append(mesh_axis if mesh_axis is not None and mesh.shape[mesh_axis] > 1 else None)
+        spec.append(mesh_axis if ways > 1 else None)
     return PartitionSpec(*spec)
 
 
 def param_sharding(path: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
                    rules: Mapping[str, str | None]) -> NamedSharding:
-    return NamedSharding(mesh, partition_spec(path, shape, mesh, rules))
+    return NamedSharding(mesh, partition_spec(path, shape, mesh.shape, rules))
+
+
+def param_bytes_per_device(model_cls, config, mesh_shape: Mapping[str, int], rules,
+                           bytes_per_param: int = 4) -> int:
+    """Parameter bytes one device holds under `rules` on a mesh of `mesh_shape`, computed from an
+    abstract model (nothing is allocated). Multiply `bytes_per_param` for optimizer state, e.g.
+    16 for fp32 params + grads + Adam's two moments."""
+    from flax import nnx
+
+    rules = resolve_rules(rules)
+    abstract = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0)))
+    total = 0
+    for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+        spec = partition_spec(tuple(str(p) for p in path), tuple(var.shape), mesh_shape, rules)
+        ways = math.prod(mesh_shape.get(axis, 1) for axis in spec if axis is not None)
+        total += math.prod(var.shape) // ways
+    return total * bytes_per_param
 
 
 def state_shardings(state, mesh: Mesh, rules) -> dict[tuple[str, ...], NamedSharding]:
