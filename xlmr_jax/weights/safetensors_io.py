@@ -76,27 +76,57 @@ class SafetensorsReader:
             os.close(self._fd)
             self._fd = None
 
+    # Bytes read from disk by every reader of this process (diagnostics: the multi-host tests use it
+    # to check that a process reads only the slices its own devices hold).
+    bytes_read_total = 0
+
     def _read_bytes(self, start: int, count: int) -> bytes:
         data = os.pread(self._fd, count, start)
         if len(data) != count:
             raise SafetensorsFormatError(f"{self.path}: file ends before byte {start + count} (truncated?)")
+        SafetensorsReader.bytes_read_total += count
         return data
 
+    def _read_into(self, view: memoryview, start: int) -> None:
+        got = os.preadv(self._fd, [view], start)
+        if got != len(view):
+            raise SafetensorsFormatError(f"{self.path}: file ends before byte {start + len(view)} (truncated?)")
+        SafetensorsReader.bytes_read_total += got
+
     def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
-        """The tensor, or `tensor[index]` for a tuple of unit-step slices; only the rows that the
-        leading slice covers are read from disk."""
+        """The tensor, or `tensor[index]` for a tuple of unit-step slices, reading from disk only the
+        bytes the slice covers: one read when the slice is contiguous in the file, else one read per
+        contiguous run (e.g. per row when only some columns are wanted)."""
         entry = self.entries[name]
         if not entry.shape:
             return np.frombuffer(self._read_bytes(entry.start, entry.nbytes), entry.dtype).reshape(())
-        index = tuple(index or ())
-        start, stop, step = (index[0] if index else slice(None)).indices(entry.shape[0])
-        if step != 1:
-            raise ValueError(f"{self.path}: {name}: strided reads are not supported ({index[0]})")
-        count = max(stop - start, 0)
-        row_bytes = entry.nbytes // entry.shape[0] if entry.shape[0] else 0
-        data = self._read_bytes(entry.start + start * row_bytes, count * row_bytes) if count else b""
-        block = np.frombuffer(data, entry.dtype).reshape((count, *entry.shape[1:]))
-        return block[(slice(None), *index[1:])]
+        index = tuple(index or ()) + (slice(None),) * (len(entry.shape) - len(tuple(index or ())))
+        ranges = []
+        for axis, (sl, size) in enumerate(zip(index, entry.shape, strict=True)):
+            start, stop, step = sl.indices(size)
+            if step != 1:
+                raise ValueError(f"{self.path}: {name}: axis {axis}: strided reads are not supported ({sl})")
+            ranges.append(range(start, max(start, stop)))
+        out_shape = tuple(len(r) for r in ranges)
+        out = np.empty(out_shape, entry.dtype)
+        if out.size == 0:
+            return out
+        # Axes after the last partially-read one are whole: each run is contiguous over them.
+        partial = [axis for axis, (r, size) in enumerate(zip(ranges, entry.shape, strict=True)) if len(r) != size]
+        split = partial[-1] if partial else 0
+        itemsize = entry.dtype.itemsize
+        strides = np.cumprod((1, *entry.shape[::-1][:-1]))[::-1] * itemsize  # bytes per step of each axis
+        run_bytes = int(np.prod(out_shape[split:], dtype=np.int64)) * itemsize
+        run_start = int(sum(r.start * stride for r, stride in zip(ranges[split:], strides[split:], strict=True)))
+        if split == 0:
+            offsets = np.zeros(1, np.int64)
+        else:
+            grids = np.meshgrid(*[np.asarray(r, np.int64) for r in ranges[:split]], indexing="ij")
+            offsets = sum(g.reshape(-1) * int(stride) for g, stride in zip(grids, strides[:split], strict=True))
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        for i, offset in enumerate(offsets.tolist()):
+            self._read_into(view[i * run_bytes:(i + 1) * run_bytes], entry.start + run_start + offset)
+        return out
 
     def iter_row_chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
         """The tensor in leading-axis blocks of at most ~chunk_bytes (a 2 GB embedding never whole)."""
