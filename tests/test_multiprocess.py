@@ -77,8 +77,8 @@ def test_two_processes_agree_with_one_and_read_only_their_slices(reference_check
 
 def test_unreachable_coordinator_fails_fast_with_a_clear_message():
     script = ("import xlmr_jax.distributed as d\n"
-              "try:\n    d.initialize('127.0.0.1:%d', 2, 1, timeout_s=3)\n"
-              "except RuntimeError as err:\n    print(err)\n") % free_port()
+              f"try:\n    d.initialize('127.0.0.1:{free_port()}', 2, 1, timeout_s=3)\n"
+              "except RuntimeError as err:\n    print(err)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "not reachable within 3 s" in result.stdout and "is process 0 running" in result.stdout
