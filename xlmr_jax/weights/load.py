@@ -4,9 +4,10 @@
 2. Every checkpoint key is matched to exactly one rule of the table; every problem (unknown key,
    shape mismatch, missing tensor, config contradicting the weights) is collected, then raised
    together in one error.
-3. Each leaf is created by `jax.make_array_from_callback`: the callback reads from the
-   memory-mapped file only the slice the device holds, transposing and casting on the way.
-   Host memory stays near the largest leaf, never the whole state dict.
+3. Each leaf is created by `jax.make_array_from_callback`: the callback reads from the file
+   (positioned reads, no memory map) only the bytes of the slice the device holds, transposing
+   and casting on the way. Host memory beyond the placed arrays stays near one leaf's slice,
+   never the whole state dict.
 """
 
 from __future__ import annotations
