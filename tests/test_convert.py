@@ -72,15 +72,16 @@ def test_round_trip_is_bit_identical_and_loads_in_transformers(reference_checkpo
 
 
 @pytest.mark.parametrize("layout", ["xlm-roberta", "xlm-roberta-xl"])
-def test_bf16_round_trip(tmp_path, layout):
-    ref = build_reference(layout, "XLMRobertaForMaskedLM").to(torch.bfloat16)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bf16_round_trip(tmp_path, layout, arch):
+    ref = build_reference(layout, arch, **overrides_for(arch)).to(torch.bfloat16)
     path = save_reference(ref, tmp_path / "bf16")
     convert_checkpoint(path, tmp_path / "flax", to="flax")
     flax_file = load_file(tmp_path / "flax" / "flax_model.safetensors")
     assert {str(v.dtype) for v in flax_file.values()} == {"bfloat16"}
     convert_checkpoint(tmp_path / "flax", tmp_path / "pytorch", to="pytorch")
     assert_bit_identical(all_tensors(path), all_tensors(tmp_path / "pytorch"))
-    assert load_reference(layout, "XLMRobertaForMaskedLM", tmp_path / "pytorch").dtype == torch.bfloat16
+    assert load_reference(layout, arch, tmp_path / "pytorch").dtype == torch.bfloat16
 
 
 def test_flax_format_is_plain_safetensors_and_loads(reference_checkpoint, tmp_path):
@@ -264,6 +265,17 @@ def test_transformers_loads_exports_without_warnings(reference_checkpoint, tmp_p
     model = xlmr_jax.XLMRobertaForCausalLM.from_pretrained(path)
     model.save_pretrained(tmp_path / "pt")
     transformers.logging.set_verbosity_warning()
-    with caplog.at_level(logging.WARNING):
-        transformers.XLMRobertaForCausalLM.from_pretrained(tmp_path / "pt")
-    assert "newly initialized" not in caplog.text.lower() and "missing" not in caplog.text.lower()
+    transformers.logging.enable_propagation()  # so that caplog sees what transformers logs
+    try:
+        with caplog.at_level(logging.WARNING):
+            transformers.XLMRobertaForCausalLM.from_pretrained(tmp_path / "pt")
+        ours_report = caplog.text.lower()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):  # a control: a head the export lacks IS reported
+            transformers.XLMRobertaForSequenceClassification.from_pretrained(tmp_path / "pt")
+        control_report = caplog.text.lower()
+    finally:
+        transformers.logging.disable_propagation()
+    assert "missing" in control_report and "classifier" in control_report
+    for word in ("missing", "unexpected", "newly initialized", "mismatch"):
+        assert word not in ours_report, ours_report
