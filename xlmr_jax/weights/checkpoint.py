@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from xlmr_jax.weights.safetensors_io import CHUNK_BYTES, SafetensorsFormatError, SafetensorsReader
+from xlmr_jax.weights.safetensors_io import SafetensorsFormatError, SafetensorsReader
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -136,17 +136,6 @@ class Checkpoint(contextlib.AbstractContextManager):
             return self._readers[info.file].read(key, index)
         except (SafetensorsFormatError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({err})") from None
-
-    def iter_row_chunks(self, key: str, chunk_bytes: int = CHUNK_BYTES):
-        info = self.tensors[key]
-        reader = self._readers[info.file]
-        if hasattr(reader, "iter_row_chunks"):
-            try:
-                yield from reader.iter_row_chunks(key, chunk_bytes)
-            except (SafetensorsFormatError, OSError) as err:
-                raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({err})") from None
-        else:
-            yield self.read(key)
 
     def close(self) -> None:
         for reader in self._readers.values():

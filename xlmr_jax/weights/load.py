@@ -40,7 +40,6 @@ class LeafPlan:
 
 @dataclasses.dataclass
 class LoadReport:
-    loaded: list[str] = dataclasses.field(default_factory=list)
     initialised: list[str] = dataclasses.field(default_factory=list)
     unused: list[str] = dataclasses.field(default_factory=list)
 
@@ -139,7 +138,6 @@ def plan_load(abstract_state, checkpoint: Checkpoint, hf_prefix: str, config, so
     problems += _missing_leaf_problems(leaves, report, hf_prefix, config, source, checkpoint.format)
     if problems:
         raise CheckpointError(f"cannot load {source}:\n  " + "\n  ".join(problems))
-    report.loaded = sorted(".".join(p) for p, leaf in leaves.items() if leaf.rule is not None)
     return leaves, report
 
 

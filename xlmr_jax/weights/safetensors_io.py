@@ -15,7 +15,7 @@ import dataclasses
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import ml_dtypes
 import numpy as np
@@ -127,17 +127,6 @@ class SafetensorsReader:
         for i, offset in enumerate(offsets.tolist()):
             self._read_into(view[i * run_bytes:(i + 1) * run_bytes], entry.start + run_start + offset)
         return out
-
-    def iter_row_chunks(self, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
-        """The tensor in leading-axis blocks of at most ~chunk_bytes (a 2 GB embedding never whole)."""
-        entry = self.entries[name]
-        if len(entry.shape) == 0 or entry.shape[0] == 0:
-            yield self.read(name)
-            return
-        row_bytes = max(entry.nbytes // entry.shape[0], 1)
-        step = max(chunk_bytes // row_bytes, 1)
-        for start in range(0, entry.shape[0], step):
-            yield self.read(name, (slice(start, min(start + step, entry.shape[0])),))
 
 
 # -- writing -----------------------------------------------------------------------------------
