@@ -20,7 +20,7 @@ def main(checkpoint: str, port: int, process_id: int, out_dir: str) -> None:
     import xlmr_jax
     from xlmr_jax import distributed
     from xlmr_jax.sharding import make_mesh, shard_batch
-    from xlmr_jax.training import make_train_step
+    from xlmr_jax.training import make_train_step, save_train_state
     from xlmr_jax.weights.safetensors_io import SafetensorsReader
 
     distributed.initialize(f"127.0.0.1:{port}", 2, process_id, timeout_s=120)
@@ -42,6 +42,7 @@ def main(checkpoint: str, port: int, process_id: int, out_dir: str) -> None:
         losses.append(float(np.asarray(loss.addressable_data(0))))  # replicated: every shard is the loss
     kernel = state.params["roberta"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"][...]
     kernel = multihost_utils.process_allgather(kernel, tiled=True)
+    save_train_state(os.path.join(out_dir, "train-state"), state)  # collective: each its shards
     np.savez(os.path.join(out_dir, f"process{process_id}.npz"), logits=logits, kernel=kernel)
     with open(os.path.join(out_dir, f"process{process_id}.json"), "w") as fh:
         json.dump({"bytes_read": bytes_read, "losses": losses}, fh)

@@ -1,6 +1,6 @@
 """A real two-process run on this machine: `jax.distributed` over CPU (gloo), 4 devices each, a
-checkpoint loaded sharded across both, forward and train steps equal to one process's, and each
-process reading only the slices its own devices hold."""
+checkpoint loaded sharded across both, forward and train steps equal to one process's, each
+process reading only the slices its own devices hold, and the training state saved collectively."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 from reference_models import padded_batch
 
 import xlmr_jax
-from xlmr_jax.training import make_train_step
+from xlmr_jax.training import make_train_step, restore_train_state
 from xlmr_jax.weights.safetensors_io import SafetensorsReader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,6 +62,16 @@ def test_two_processes_agree_with_one_and_read_only_their_slices(reference_check
     reader = SafetensorsReader(os.path.join(path, "model.safetensors"))
     total_bytes = sum(entry.nbytes for entry in reader.entries.values())
     reader.close()
+    # the training state was saved collectively: one data file per process, one manifest; it
+    # restores onto a single device
+    saved = tmp_path / "train-state"
+    assert len(list(saved.glob("ocdbt.process_*"))) == 2, sorted(p.name for p in saved.iterdir())
+    fresh, _ = make_train_step(xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(path), optax.sgd(0.1))
+    restored = restore_train_state(saved, fresh)
+    assert int(restored.step) == 2
+    restored_kernel = restored.params["roberta"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"][...]
+    np.testing.assert_allclose(np.asarray(restored_kernel), expected_kernel, atol=1e-5)
+
     for i in range(2):
         arrays = np.load(tmp_path / f"process{i}.npz")
         report = json.loads((tmp_path / f"process{i}.json").read_text())

@@ -37,8 +37,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation) -> tuple[Tra
 
     `state, loss = step(state, batch, dropout_rng)`; `batch` is a dict of the model's keyword
     arguments (input_ids, attention_mask, labels, ...); `dropout_rng=None` trains without dropout.
-    The state passed in is donated: use the returned one. `model_from_state(model, state)` gives
-    the trained model back.
+    The state passed in is donated: use the returned one. The initial state holds the model's own
+    parameter arrays (no copy of the model is made), so the first step consumes them: after
+    training, `model_from_state(model, state)` gives the trained model back; do not call `model`.
     """
     graphdef, params = nnx.split(model)
     opt_state = jax.jit(optimizer.init)(params)  # jit: created with the params' shardings
