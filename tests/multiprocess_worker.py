@@ -43,6 +43,9 @@ def main(checkpoint: str, port: int, process_id: int, out_dir: str) -> None:
     kernel = state.params["roberta"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"][...]
     kernel = multihost_utils.process_allgather(kernel, tiled=True)
     save_train_state(os.path.join(out_dir, "train-state"), state)  # collective: each its shards
+    from xlmr_jax.training import model_from_state
+
+    model_from_state(model, state).save_pretrained(os.path.join(out_dir, "export"), format="pytorch")
     np.savez(os.path.join(out_dir, f"process{process_id}.npz"), logits=logits, kernel=kernel)
     with open(os.path.join(out_dir, f"process{process_id}.json"), "w") as fh:
         json.dump({"bytes_read": bytes_read, "losses": losses}, fh)

@@ -72,6 +72,11 @@ def test_two_processes_agree_with_one_and_read_only_their_slices(reference_check
     restored_kernel = restored.params["roberta"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"][...]
     np.testing.assert_allclose(np.asarray(restored_kernel), expected_kernel, atol=1e-5)
 
+    # and exported as HF safetensors from both processes (process 0 writes, both gather)
+    exported = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(tmp_path / "export")
+    exported_kernel = np.asarray(exported.roberta.encoder.layer.intermediate.dense.kernel[...])
+    np.testing.assert_allclose(exported_kernel, expected_kernel, atol=1e-5)
+
     for i in range(2):
         arrays = np.load(tmp_path / f"process{i}.npz")
         report = json.loads((tmp_path / f"process{i}.json").read_text())

@@ -179,7 +179,9 @@ class PreTrainedMixin:
         """Write the model as an HF PyTorch checkpoint (`format="pytorch"`: `transformers` loads it
         with no missing/unexpected weights) or in our Flax format (`format="flax"`). Streams one
         tensor at a time into a temp directory renamed into place when complete. `dtype` casts
-        the stored weights (default: as the params are). Returns a summary (tensors, bytes, ...)."""
+        the stored weights (default: as the params are). Returns a summary (tensors, bytes, ...).
+        On several processes every process calls it (the params are gathered leaf by leaf, a
+        collective) and process 0 writes the files."""
         from xlmr_jax.weights.sources import ModelSource
 
         return write_from_source(ModelSource(self), type(self), self.config, directory, format=format,
@@ -211,9 +213,33 @@ def write_from_source(source, cls, config: XLMRobertaConfig, directory, *, forma
                     "model_class": cls.__name__, "xlmr_jax_version": __version__}
     if on_plan is not None:
         on_plan(tensors)
+    if jax.process_count() > 1:
+        return _write_from_several_processes(tensors, directory, config_dict, format, metadata,
+                                             max_shard_size, overwrite, on_tensor, extra_files)
     return write_checkpoint(os.fspath(directory), tensors, config_dict, format=format, metadata=metadata,
                             max_shard_size=max_shard_size, overwrite=overwrite, on_tensor=on_tensor,
                             extra_files=extra_files)
+
+
+def _write_from_several_processes(tensors, directory, config_dict, format, metadata, max_shard_size, overwrite,
+                                  on_tensor, extra_files) -> dict:
+    """Every process walks the same tensors (each leaf is gathered collectively); process 0 alone
+    writes the files, the others only take part in the gathers. All return once the files exist."""
+    from jax.experimental import multihost_utils
+
+    from xlmr_jax.weights.export import write_checkpoint
+
+    if jax.process_index() == 0:
+        summary = write_checkpoint(os.fspath(directory), tensors, config_dict, format=format, metadata=metadata,
+                                   max_shard_size=max_shard_size, overwrite=overwrite, on_tensor=on_tensor,
+                                   extra_files=extra_files)
+    else:
+        for tensor in tensors:
+            for _ in tensor.chunks():
+                pass
+        summary = {"tensors": len(tensors), "bytes": 0, "files": 0, "seconds": 0.0}
+    multihost_utils.sync_global_devices(f"xlmr_jax save_pretrained {os.fspath(directory)}")
+    return summary
 
 
 def _initialise_leaves(build, dotted_paths: list[str]) -> dict[tuple[str, ...], jax.Array]:

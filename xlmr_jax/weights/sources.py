@@ -24,16 +24,29 @@ class LeafInfo:
 
 
 class ModelSource:
-    """The params of an NNX model (device arrays, copied to the host one slice at a time)."""
+    """The params of an NNX model (device arrays, copied to the host one slice at a time).
+
+    When the params span several processes, a leaf is gathered whole (a collective: every process
+    must read the same leaves in the same order, which writing the same checkpoint guarantees)
+    and kept until the next leaf is asked for, so host memory holds one leaf at a time."""
 
     def __init__(self, model):
         self._arrays = {
             tuple(str(p) for p in path): var[...] for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param))
         }
         self.leaves = [LeafInfo(path, tuple(a.shape), np.dtype(a.dtype)) for path, a in self._arrays.items()]
+        self._gathered: tuple[tuple[str, ...], np.ndarray] | None = None
 
     def read(self, path: tuple[str, ...], index: tuple[slice, ...] = ()) -> np.ndarray:
-        return np.asarray(jax.device_get(self._arrays[path][index]))
+        array = self._arrays[path]
+        if array.is_fully_addressable:
+            return np.asarray(jax.device_get(array[index]))
+        if self._gathered is None or self._gathered[0] != path:
+            from jax.experimental import multihost_utils
+
+            self._gathered = None  # free the previous leaf before gathering the next
+            self._gathered = (path, np.asarray(multihost_utils.process_allgather(array, tiled=True)))
+        return self._gathered[1][index]
 
 
 class CheckpointSource:
