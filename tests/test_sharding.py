@@ -154,3 +154,12 @@ def test_memory_per_device_matches_the_arrays_placed(reference_checkpoint):
     computed = param_bytes_per_device(xlmr_jax.XLMRobertaForMaskedLM, model.config, mesh.shape, "fsdp_tp")
     assert held == computed
     assert computed < param_bytes_per_device(xlmr_jax.XLMRobertaForMaskedLM, model.config, {"data": 8}, "dp") / 3
+
+
+def test_a_new_head_is_created_in_its_sharding(reference_checkpoint):
+    _, path = reference_checkpoint("xlm-roberta", "XLMRobertaModel", **SHARDABLE)
+    mesh = make_mesh("data=2,fsdp=2,tensor=2")
+    model = xlmr_jax.XLMRobertaForSequenceClassification.from_pretrained(path, mesh=mesh, rules="fsdp_tp")
+    kernel = model.classifier.dense.kernel[...]
+    assert kernel.sharding.spec == P("fsdp", None) and kernel.sharding.mesh.shape == mesh.shape
+    assert float(np.abs(np.asarray(kernel)).max()) > 0  # initialised, not zeros

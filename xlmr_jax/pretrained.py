@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -66,12 +67,13 @@ class PlannedCheckpoint:
     report: Any
     initialised: dict
     config: XLMRobertaConfig
+    sharding_for: Any
 
 
 @contextlib.contextmanager
 def planned_checkpoint(cls, directory: str, config: XLMRobertaConfig, *, dtype=jnp.float32,
                        param_dtype=jnp.float32, seed: int = 0, ctor_kwargs: dict | None = None,
-                       allow_pickle: bool = False, keep_source_dtype: bool = False):
+                       allow_pickle: bool = False, keep_source_dtype: bool = False, mesh=None, rules=None):
     """Open a checkpoint and match it against `cls`: every problem raised at once; missing heads
     initialised (and said out loud). Yields a PlannedCheckpoint while the files are open."""
     from xlmr_jax.weights.checkpoint import Checkpoint, find_checkpoint_files
@@ -83,20 +85,22 @@ def planned_checkpoint(cls, directory: str, config: XLMRobertaConfig, *, dtype=j
         return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed), **ctor_kwargs)
 
     graphdef, state = nnx.split(nnx.eval_shape(build))
+    # every leaf's sharding (and the divisibility checks) before a byte is read
+    sharding_for = _default_sharding if mesh is None else _mesh_sharding(state, mesh, rules)
     with Checkpoint(find_checkpoint_files(directory, allow_pickle)) as checkpoint:
         leaves, report = plan_load(state, checkpoint, cls.hf_prefix, config, source=directory)
         if keep_source_dtype:
             for leaf in leaves.values():
                 if leaf.sources:
                     leaf.dtype = checkpoint.tensors[next(iter(leaf.sources.values()))].dtype
-        initialised = _initialise_leaves(build, report.initialised) if report.initialised else {}
+        initialised = _initialise_leaves(build, report.initialised, sharding_for) if report.initialised else {}
         if report.initialised:
             logger.warning("%s: newly initialised from seed %d (not in %s): %s",
                            cls.__name__, seed, directory, ", ".join(report.initialised))
         if report.unused:
             logger.warning("%s: checkpoint tensors not used by this model (another head's): %s",
                            cls.__name__, ", ".join(report.unused))
-        yield PlannedCheckpoint(checkpoint, graphdef, state, leaves, report, initialised, config)
+        yield PlannedCheckpoint(checkpoint, graphdef, state, leaves, report, initialised, config, sharding_for)
 
 
 def _default_sharding(path, shape):
@@ -158,11 +162,10 @@ class PreTrainedMixin:
         if kwargs:
             config = config.replace(**kwargs)
         with planned_checkpoint(cls, directory, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
-                                ctor_kwargs=ctor_kwargs, allow_pickle=allow_pickle) as planned:
-            sharding_for = _default_sharding if mesh is None else _mesh_sharding(planned.state, mesh, rules)
-            arrays = materialise(planned.checkpoint, planned.leaves, sharding_for)
-        for leaf_path, value in planned.initialised.items():
-            arrays[leaf_path] = value if mesh is None else jax.device_put(value, sharding_for(leaf_path, value.shape))
+                                ctor_kwargs=ctor_kwargs, allow_pickle=allow_pickle, mesh=mesh,
+                                rules=rules) as planned:
+            arrays = materialise(planned.checkpoint, planned.leaves, planned.sharding_for)
+        arrays.update(planned.initialised)
         for path_, var in nnx.to_flat_state(planned.state):
             var.set_value(arrays[tuple(str(p) for p in path_)])
         return nnx.merge(planned.graphdef, planned.state)
@@ -242,12 +245,15 @@ def _write_from_several_processes(tensors, directory, config_dict, format, metad
     return summary
 
 
-def _initialise_leaves(build, dotted_paths: list[str]) -> dict[tuple[str, ...], jax.Array]:
-    """Fresh values for a few leaves only: the whole constructor is traced, but jit keeps just
-    the requested outputs, so the rest of the model is never materialised."""
+def _initialise_leaves(build, dotted_paths: list[str], sharding_for) -> dict[tuple[str, ...], jax.Array]:
+    """Fresh values for a few leaves only, created in their shardings: the whole constructor is
+    traced, but jit keeps just the requested outputs, so the rest of the model is never
+    materialised."""
     wanted = [tuple(p.split(".")) for p in dotted_paths]
+    abstract = {tuple(str(p) for p in path): var for path, var in nnx.to_flat_state(nnx.state(nnx.eval_shape(build)))}
+    out_shardings = [sharding_for(p, abstract[p].shape) for p in wanted]
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=out_shardings)
     def init():
         flat = {tuple(str(p) for p in path): var[...] for path, var in nnx.to_flat_state(nnx.state(build()))}
         return [flat[p] for p in wanted]
