@@ -28,7 +28,8 @@ def test_main_job_reports_parity(capsys):
     assert cli_main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "tokenizer ids equal to the reference's: True" in out
-    assert "parity OK: 9 outputs of 7 models" in out
+    assert "parity OK: 9 outputs of 7 models" in out and "converted back bit-exact" in out
+    assert out.count("  yes") == 9  # every Flax -> HF round trip bit-exact
     for arch in xlmr_jax.MODEL_CLASSES:
         assert arch in out
 
@@ -40,3 +41,17 @@ def test_shipped_checkpoint_is_rebuilt_bit_for_bit(tmp_path):
     _, mismatch, errors = filecmp.cmpfiles(TINY_CHECKPOINT, tmp_path / "rebuilt", names, shallow=False)
     assert not mismatch and not errors, f"differ: {mismatch} {errors}"
     assert sum(os.path.getsize(os.path.join(TINY_CHECKPOINT, n)) for n in names) < 2_000_000
+
+
+def test_main_job_without_transformers_still_converts_and_runs(monkeypatch, capsys):
+    import importlib.util
+
+    from xlmr_jax.demo import run
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(run.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "transformers" else real_find_spec(name, *a))
+    assert run.main() == 0
+    out = capsys.readouterr().out
+    assert out.count("(transformers not installed)") == 9
+    assert "tokenizer ids equal" not in out

@@ -1,9 +1,10 @@
 """`xlmr-jax demo`: every model of the library on a small HF checkpoint, next to the reference.
 
 For each of the seven models, the reference (`transformers`, when installed) builds the model
-from the checkpoint and saves it; we load that PyTorch checkpoint with `from_pretrained`, run
-both on the same padded batch, and print max |diff| at non-pad positions. Without
-`transformers`, our models run alone and the outputs' shapes are shown.
+from the checkpoint and saves it; we convert that PyTorch checkpoint to our Flax format, load the
+Flax files, run both on the same padded batch and print max |diff| at non-pad positions, then
+convert the Flax files back and check them bit for bit against the reference's. Without
+`transformers`, the checkpoint itself is converted and our models run alone.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 
 import xlmr_jax
+from xlmr_jax.convert import convert_checkpoint
 from xlmr_jax.demo.corpus import DEMO_SENTENCES
 
 PARITY_TOLERANCE = 1e-5
@@ -39,10 +41,12 @@ class Row:
     output: str
     shape: tuple[int, ...]
     max_abs_diff: float | None
+    round_trip_bit_exact: bool | None
 
     @property
     def ok(self) -> bool:
-        return self.max_abs_diff is None or self.max_abs_diff <= PARITY_TOLERANCE
+        parity = self.max_abs_diff is None or self.max_abs_diff <= PARITY_TOLERANCE
+        return parity and self.round_trip_bit_exact is not False
 
 
 def encode(checkpoint: str, sentences: list[str]):
@@ -101,16 +105,22 @@ def run_demo(checkpoint: str, sentences: list[str]) -> list[Row]:
     for arch, changes, fields in MODELS:
         inputs = model_inputs(arch, ids, mask)
         with tempfile.TemporaryDirectory() as tmp:
+            hf_dir, flax_dir, back_dir = (os.path.join(tmp, name) for name in ("hf", "flax", "hf-again"))
+            expected = None
             if has_reference:
                 import torch
 
-                ref = reference_checkpoint(arch, changes, checkpoint, tmp)
+                ref = reference_checkpoint(arch, changes, checkpoint, hf_dir)
                 with torch.no_grad():
                     expected = ref(**{k: torch.tensor(v) for k, v in inputs.items()})
-                ours = getattr(xlmr_jax, arch).from_pretrained(tmp)
+                convert_checkpoint(hf_dir, flax_dir, to="flax")
             else:
-                expected = None
-                ours = getattr(xlmr_jax, arch).from_pretrained(checkpoint, **changes)
+                convert_checkpoint(checkpoint, flax_dir, to="flax", architecture=arch, **changes)
+                hf_dir = None
+            # the Flax checkpoint is what we run; converting it back must give the HF files again
+            convert_checkpoint(flax_dir, back_dir, to="pytorch")
+            round_trip = None if hf_dir is None else same_tensors(hf_dir, back_dir)
+            ours = getattr(xlmr_jax, arch).from_pretrained(flax_dir)
         got = xlmr_jax.jit_forward(ours)(**inputs)
         for field in fields:
             value = np.asarray(getattr(got, field))
@@ -120,8 +130,25 @@ def run_demo(checkpoint: str, sentences: list[str]) -> list[Row]:
                 where = compare_position_mask(arch, field, mask)
                 delta = np.abs(value - reference_value)
                 diff = float((delta[where] if where is not None else delta).max())
-            rows.append(Row(arch, field, value.shape, diff))
+            rows.append(Row(arch, field, value.shape, diff, round_trip))
     return rows
+
+
+def same_tensors(dir_a: str, dir_b: str) -> bool:
+    """Every tensor of two checkpoint directories equal bit for bit (names, dtypes, bytes)."""
+    from safetensors.numpy import load_file
+
+    def tensors(directory):
+        out = {}
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".safetensors"):
+                out.update(load_file(os.path.join(directory, name)))
+        return out
+
+    a, b = tensors(dir_a), tensors(dir_b)
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and a[k].tobytes() == b[k].tobytes() for k in a
+    )
 
 
 def check_tokenizer(checkpoint: str, sentences: list[str], ids: np.ndarray) -> None:
@@ -137,11 +164,13 @@ def check_tokenizer(checkpoint: str, sentences: list[str], ids: np.ndarray) -> N
 
 def print_table(rows: list[Row]) -> None:
     print()
-    print(f"{'model':<38} {'output':<18} {'shape':<16} {'max |diff| vs transformers':>26}")
+    print(f"{'model (HF -> Flax -> loaded)':<38} {'output':<18} {'shape':<16} {'max |diff| vs transformers':>26}"
+          f"  {'Flax -> HF bit-exact':>20}")
     for row in rows:
         diff = "(transformers not installed)" if row.max_abs_diff is None else f"{row.max_abs_diff:.2e}"
+        exact = "-" if row.round_trip_bit_exact is None else ("yes" if row.round_trip_bit_exact else "NO")
         flag = "" if row.ok else "  FAIL"
-        print(f"{row.model:<38} {row.output:<18} {row.shape!s:<16} {diff:>26}{flag}")
+        print(f"{row.model:<38} {row.output:<18} {row.shape!s:<16} {diff:>26}  {exact:>20}{flag}")
 
 
 def main(checkpoint: str | None = None, sentences: list[str] | None = None) -> int:
@@ -157,5 +186,6 @@ def main(checkpoint: str | None = None, sentences: list[str] | None = None) -> i
         return 1
     compared = sum(row.max_abs_diff is not None for row in rows)
     if compared:
-        print(f"\nparity OK: {compared} outputs of 7 models within {PARITY_TOLERANCE:g} of transformers (fp32)")
+        print(f"\nparity OK: {compared} outputs of 7 models within {PARITY_TOLERANCE:g} of transformers (fp32), "
+              "each model converted HF -> Flax, loaded from the Flax files, and converted back bit-exact")
     return 0
