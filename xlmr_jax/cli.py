@@ -33,6 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--allow-pickle", action="store_true",
                          help="read pytorch_model.bin (a pickle; loaded with weights_only=True)")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    train = commands.add_parser(
+        "train-mlm", help="masked-LM fine-tuning on a text file, on one device or a mesh over several processes"
+    )
+    train.add_argument("checkpoint", help="checkpoint directory or hub id (with sentencepiece.bpe.model)")
+    train.add_argument("text_file", help="UTF-8 text, one example per line")
+    train.add_argument("output", help="directory for model/ (HF format + tokenizer) and train-state/ (orbax)")
+    train.add_argument("--steps", type=int, required=True)
+    train.add_argument("--batch-size", type=int, default=8, help="global batch (split over processes)")
+    train.add_argument("--max-length", type=int, default=128)
+    train.add_argument("--learning-rate", type=float, default=5e-5)
+    train.add_argument("--mesh", default="auto", help='e.g. "data=2,fsdp=4" (default: every device on data)')
+    train.add_argument("--rules", default="fsdp", choices=["dp", "fsdp", "tp", "fsdp_tp"])
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    group = train.add_argument_group("several processes (else from XLMR_JAX_COORDINATOR, "
+                                     "XLMR_JAX_NUM_PROCESSES, XLMR_JAX_PROCESS_ID)")
+    group.add_argument("--coordinator", help="host:port of process 0")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+    group.add_argument("--auto-distributed", action="store_true",
+                       help="let JAX find the processes itself (Cloud TPU VMs, SLURM)")
+    group.add_argument("--distributed-timeout", type=int, default=300, help="seconds to wait for the coordinator")
     return parser
 
 
@@ -45,7 +69,30 @@ def main(argv: list[str] | None = None) -> int:
         return demo_main(args.checkpoint, args.text)
     if args.command == "convert":
         return _convert(args)
+    if args.command == "train-mlm":
+        return _train_mlm(args)
     return 2
+
+
+def _train_mlm(args: argparse.Namespace) -> int:
+    from xlmr_jax import distributed
+    from xlmr_jax.training.train_mlm import train_mlm
+
+    logging.getLogger("xlmr_jax").setLevel(logging.INFO)  # the step / loss lines
+
+    try:
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               auto=args.auto_distributed, timeout_s=args.distributed_timeout)
+        losses = train_mlm(
+            args.checkpoint, args.text_file, args.output, steps=args.steps, batch_size=args.batch_size,
+            max_length=args.max_length, learning_rate=args.learning_rate, mesh_spec=args.mesh, rules=args.rules,
+            seed=args.seed, log_every=args.log_every, overwrite=args.overwrite,
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"xlmr-jax train-mlm: error: {err}", file=sys.stderr)
+        return 1
+    print(f"first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}; wrote {args.output}")
+    return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
