@@ -163,3 +163,27 @@ def test_a_new_head_is_created_in_its_sharding(reference_checkpoint):
     kernel = model.classifier.dense.kernel[...]
     assert kernel.sharding.spec == P("fsdp", None) and kernel.sharding.mesh.shape == mesh.shape
     assert float(np.abs(np.asarray(kernel)).max()) > 0  # initialised, not zeros
+
+
+def test_main_activations_are_pinned_to_the_batch_axes(reference_checkpoint):
+    """Inside sharded functions the hidden states between layers carry a sharding constraint on
+    the batch axis; without a mesh nothing is added."""
+    from xlmr_jax.sharding import activation_mesh
+
+    _, path = reference_checkpoint("xlm-roberta", "XLMRobertaForMaskedLM", **SHARDABLE)
+    mesh = make_mesh("data=2,fsdp=4")
+    model = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(path, mesh=mesh, rules="fsdp")
+    graphdef, state = nnx.split(model)
+    inputs, _ = inputs_for("XLMRobertaForMaskedLM")
+    ids, mask = shard_batch((inputs["input_ids"], inputs["attention_mask"]), mesh)
+
+    def lowered_text(with_mesh):
+        def forward(state, ids, mask):  # a fresh function each time: no trace cache shared
+            with activation_mesh(mesh if with_mesh else None):
+                return nnx.merge(graphdef, state)(ids, mask).logits
+
+        return jax.jit(forward).lower(state, ids, mask).as_text()
+
+    pinned = lowered_text(True)
+    assert pinned.count("sharding_constraint") >= 2 and '[{"data", "fsdp"}, {}, {}]' in pinned
+    assert lowered_text(False).count("sharding_constraint") == 0

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from xlmr_jax.sharding import activation_mesh
+
 
 def jit_forward(model, *, mesh=None, **call_options) -> Callable:
     """`forward(*args, **kwargs)` = `model(*args, **kwargs, **call_options)`, jitted.
@@ -28,7 +30,8 @@ def jit_forward(model, *, mesh=None, **call_options) -> Callable:
 
     @jax.jit
     def pure_forward(state, args, kwargs):
-        out = nnx.merge(graphdef, state)(*args, **kwargs, **call_options)
+        with activation_mesh(mesh):  # a new function per jit_forward call: its trace is its own
+            out = nnx.merge(graphdef, state)(*args, **kwargs, **call_options)
         if mesh is None:
             return out
         batch = _batch_size(args, kwargs)

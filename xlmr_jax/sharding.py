@@ -14,9 +14,11 @@ Mesh axes: `data` (batch only), `fsdp` (batch, and parameters along `embed`), `t
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -200,3 +202,38 @@ def describe(model_or_state) -> str:
         spec = getattr(getattr(value, "sharding", None), "spec", "unsharded")
         lines.append(f"{'.'.join(str(p) for p in path):<70} {value.shape!s:<22} {value.dtype!s:<9} {spec}")
     return "\n".join(lines)
+
+
+# -- activations -------------------------------------------------------------------------------
+# The mesh that activation constraints refer to while a sharded function is traced (set by
+# `jit_forward(mesh=...)` and by the train / eval steps of sharded params); None: no constraints.
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activation_mesh(mesh: Mesh | None) -> Iterator[None]:
+    """While tracing inside this context, the model pins its main activations to `mesh`."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def mesh_of(tree) -> Mesh | None:
+    """The mesh the arrays of `tree` are sharded over, if any."""
+    for leaf in jax.tree.leaves(tree):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            return sharding.mesh
+    return None
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pin an activation (batch, ...) to be split on the batch axis over `data` x `fsdp` (logical
+    axes ('batch', 'length', 'embed'): only 'batch' is sharded), so that FSDP gathers weights to
+    the batch rather than letting the compiler spread activations some other way."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or x.ndim == 0 or x.shape[0] % _batch_ways(mesh):
+        return x
+    return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))

@@ -10,6 +10,7 @@ from xlmr_jax.config import XLMRobertaConfig
 from xlmr_jax.modeling.cache import KVCache
 from xlmr_jax.modeling.layer import XLMRobertaLayer
 from xlmr_jax.modeling.layers import LayerNorm
+from xlmr_jax.sharding import constrain_batch
 
 
 class XLMRobertaEncoder(nnx.Module):
@@ -63,6 +64,7 @@ class XLMRobertaEncoder(nnx.Module):
         def run_layer(h, xs):
             layer_state, rng, layer_cache, layer_cross_kv = xs
             layer = nnx.merge(graphdef, layer_state)
+            h = constrain_batch(h)
             h, self_w, cross_w, new_cache = layer(
                 h, mask, encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
                 cross_key_value=layer_cross_kv, cache=layer_cache, cache_index=cache_index,
@@ -77,6 +79,7 @@ class XLMRobertaEncoder(nnx.Module):
         )
         if self.pre_layer_norm:
             hidden_states = self.LayerNorm(hidden_states)
+        hidden_states = constrain_batch(hidden_states)
         new_cache = None
         if cache is not None:
             new_cache = cache.replace(key=new_kv[0], value=new_kv[1], index=cache.index + hidden_states.shape[1])

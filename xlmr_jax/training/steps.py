@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from xlmr_jax.sharding import activation_mesh, mesh_of
+
 
 @struct.dataclass
 class TrainState:
@@ -45,12 +47,17 @@ def make_train_step(model, optimizer: optax.GradientTransformation) -> tuple[Tra
     opt_state = jax.jit(optimizer.init)(params)  # jit: created with the params' shardings
     state = TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
-    def train_step(state: TrainState, batch: Mapping, dropout_rng=None):
-        loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, batch, dropout_rng)
+    # The mesh is a static argument: traced once per mesh, activations pinned to it (None: none).
+    @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("mesh",))
+    def jitted_train_step(state: TrainState, batch: Mapping, dropout_rng, mesh):
+        with activation_mesh(mesh):
+            loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, batch, dropout_rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+    def train_step(state: TrainState, batch: Mapping, dropout_rng=None):
+        return jitted_train_step(state, batch, dropout_rng, mesh=mesh_of(state.params))
 
     return state, train_step
 
@@ -59,10 +66,14 @@ def make_eval_step(model) -> Callable:
     """`loss, outputs = eval_step(params, batch)`: no dropout, no update; `params` from a TrainState."""
     graphdef, _ = nnx.split(model)
 
-    @jax.jit
-    def eval_step(params, batch: Mapping):
-        out = nnx.merge(graphdef, params)(**batch)
+    @functools.partial(jax.jit, static_argnames=("mesh",))
+    def jitted_eval_step(params, batch: Mapping, mesh):
+        with activation_mesh(mesh):
+            out = nnx.merge(graphdef, params)(**batch)
         return out.loss, out
+
+    def eval_step(params, batch: Mapping):
+        return jitted_eval_step(params, batch, mesh=mesh_of(params))
 
     return eval_step
 
