@@ -4,13 +4,13 @@ process reading only the slices its own devices hold, and the training state sav
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import optax
 import pytest
+from processes import free_port, run_together
 from reference_models import padded_batch
 
 import xlmr_jax
@@ -18,12 +18,6 @@ from xlmr_jax.training import make_train_step, restore_train_state
 from xlmr_jax.weights.safetensors_io import SafetensorsReader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_processes_agree_with_one_and_read_only_their_slices(reference_checkpoint, tmp_path):
@@ -34,21 +28,8 @@ def test_two_processes_agree_with_one_and_read_only_their_slices(reference_check
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    workers = [
-        subprocess.Popen([sys.executable, os.path.join(HERE, "multiprocess_worker.py"), path, str(port), str(i),
-                          str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)
-    ]
-    outputs = []
-    for worker in workers:
-        try:
-            outputs.append(worker.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for w in workers:
-                w.kill()
-            pytest.fail("the two-process run did not finish in 300 s")
-    for worker, output in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, output[-3000:]
+    run_together([[sys.executable, os.path.join(HERE, "multiprocess_worker.py"), path, str(port), str(i),
+                   str(tmp_path)] for i in range(2)], env)
 
     model = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(path)
     expected_logits = np.asarray(xlmr_jax.jit_forward(model)(ids, mask).logits)

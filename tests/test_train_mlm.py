@@ -3,13 +3,12 @@
 
 import os
 import re
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import transformers
+from processes import free_port, run_together
 
 from xlmr_jax.cli import main as cli_main
 from xlmr_jax.demo import TINY_CHECKPOINT
@@ -65,12 +64,6 @@ def test_train_mlm_bad_arguments(text_file, tmp_path, capsys):
     assert "training text not found" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_train_mlm_on_two_processes_with_distributed_flags(text_file, tmp_path):
     out = tmp_path / "run"
     port = free_port()
@@ -79,18 +72,8 @@ def test_train_mlm_on_two_processes_with_distributed_flags(text_file, tmp_path):
     command = [sys.executable, "-m", "xlmr_jax.cli", "train-mlm", TINY_CHECKPOINT, text_file, str(out),
                "--steps", "10", "--batch-size", "8", "--max-length", "48", "--mesh", "fsdp=8",
                "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    workers = [subprocess.Popen([*command, "--process-id", str(i)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = []
-    for worker in workers:
-        try:
-            outputs.append(worker.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for w in workers:
-                w.kill()
-            pytest.fail("two-process train-mlm did not finish in 300 s")
-    for worker, output in zip(workers, outputs, strict=True):
-        assert worker.returncode == 0, output[-3000:]
+    outputs = run_together([[*command, "--process-id", str(i)] for i in range(2)], env)
+    for output in outputs:
         assert "first loss" in output  # every process reports the (global) loss
     assert "step 1/10" in outputs[0] and "step 1/10" not in outputs[1]  # progress from process 0 only
     assert len(list((out / "train-state").glob("ocdbt.process_*"))) == 2
