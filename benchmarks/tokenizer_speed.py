@@ -121,65 +121,26 @@ def _ids(encoding: object) -> list[list[int]]:
     return [list(map(int, row)) for row in ids]
 
 
+def _same_call(ours, reference, *args, **kwargs) -> tuple:
+    """The same batch call on both sides, numpy output (the reference needs asking for it)."""
+    return lambda: ours(*args, **kwargs), lambda: reference(*args, **kwargs, return_tensors="np")
+
+
 def settings(ours: XLMRobertaTokenizer, reference, texts: list[str], pairs: list[str]) -> list[tuple]:
     """(name, ours, reference) closures for every measured setting."""
     singles = texts[:1000]
     return [
         ("ids only, no padding (lists)", lambda: ours(texts, return_tensors=None), lambda: reference(texts)),
-        (
-            "pad + truncate to 128 (numpy)",
-            lambda: ours(texts, padding=True, truncation=True, max_length=128),
-            lambda: reference(texts, padding=True, truncation=True, max_length=128, return_tensors="np"),
-        ),
-        (
-            "pad + truncate 128 + offsets + special mask (numpy)",
-            lambda: ours(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=128,
-                return_offsets_mapping=True,
-                return_special_tokens_mask=True,
-            ),
-            lambda: reference(
-                texts,
-                padding=True,
-                truncation=True,
-                max_length=128,
-                return_offsets_mapping=True,
-                return_special_tokens_mask=True,
-                return_tensors="np",
-            ),
-        ),
-        (
-            "pairs, only_second to 256, padded (numpy)",
-            lambda: ours(texts, pairs, padding=True, truncation="only_second", max_length=256),
-            lambda: reference(
-                texts, pairs, padding=True, truncation="only_second", max_length=256, return_tensors="np"
-            ),
-        ),
-        (
-            "QA windows: 64 tokens, stride 16, offsets (numpy)",
-            lambda: ours(
-                texts,
-                truncation=True,
-                max_length=64,
-                stride=16,
-                return_overflowing_tokens=True,
-                return_offsets_mapping=True,
-                padding="max_length",
-            ),
-            lambda: reference(
-                texts,
-                truncation=True,
-                max_length=64,
-                stride=16,
-                return_overflowing_tokens=True,
-                return_offsets_mapping=True,
-                padding="max_length",
-                return_tensors="np",
-            ),
-        ),
+        ("pad + truncate to 128 (numpy)",
+         *_same_call(ours, reference, texts, padding=True, truncation=True, max_length=128)),
+        ("pad + truncate 128 + offsets + special mask (numpy)",
+         *_same_call(ours, reference, texts, padding=True, truncation=True, max_length=128,
+                     return_offsets_mapping=True, return_special_tokens_mask=True)),
+        ("pairs, only_second to 256, padded (numpy)",
+         *_same_call(ours, reference, texts, pairs, padding=True, truncation="only_second", max_length=256)),
+        ("QA windows: 64 tokens, stride 16, offsets (numpy)",
+         *_same_call(ours, reference, texts, truncation=True, max_length=64, stride=16,
+                     return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length")),
         (
             "1000 calls with one text each (lists)",
             lambda: [ours.encode(text) for text in singles],

@@ -213,12 +213,9 @@ class XLMRobertaConfig:
 
     def to_json_file(self, path: str | os.PathLike) -> None:
         """Write config.json atomically (temp file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
+        from xlmr_jax.atomic_files import write_json_atomic
+
+        write_json_atomic(path, self.to_dict(), sort_keys=True)
 
 
 _RELEASED = dict(

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from xlmr_jax.sharding import activation_mesh
+from xlmr_jax.sharding import activation_mesh, constrain_batch
 
 
 def jit_forward(model, *, mesh=None, **call_options) -> Callable:
@@ -32,10 +32,11 @@ def jit_forward(model, *, mesh=None, **call_options) -> Callable:
     def pure_forward(state, args, kwargs):
         with activation_mesh(mesh):  # a new function per jit_forward call: its trace is its own
             out = nnx.merge(graphdef, state)(*args, **kwargs, **call_options)
-        if mesh is None:
-            return out
-        batch = _batch_size(args, kwargs)
-        return jax.tree.map(lambda x: _constrain_batch(x, mesh, batch), out)
+            if mesh is None:
+                return out
+            batch = _batch_size(args, kwargs)
+            # batch-first outputs come back split like the inputs (not e.g. a cache's layer axis)
+            return jax.tree.map(lambda x: constrain_batch(x) if _is_batch_first(x, batch) else x, out)
 
     def forward(*args, **kwargs):
         if mesh is not None:
@@ -50,13 +51,8 @@ def _batch_size(args, kwargs) -> int | None:
     return None if ids is None else ids.shape[0]
 
 
-def _constrain_batch(x, mesh, batch):
-    from xlmr_jax.sharding import BATCH_AXES, batch_sharding
-
-    ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
-    if getattr(x, "ndim", 0) >= 1 and x.shape[0] == batch and batch % ways == 0:
-        return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
-    return x
+def _is_batch_first(x, batch: int | None) -> bool:
+    return batch is not None and getattr(x, "ndim", 0) >= 1 and x.shape[0] == batch
 
 
 def _place_batch(tree, mesh):

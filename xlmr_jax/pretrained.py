@@ -93,7 +93,7 @@ def planned_checkpoint(cls, directory: str, config: XLMRobertaConfig, *, dtype=j
             for leaf in leaves.values():
                 if leaf.sources:
                     leaf.dtype = checkpoint.tensors[next(iter(leaf.sources.values()))].dtype
-        initialised = _initialise_leaves(build, report.initialised, sharding_for) if report.initialised else {}
+        initialised = _initialise_leaves(build, report.initialised, leaves, sharding_for) if report.initialised else {}
         if report.initialised:
             logger.warning("%s: newly initialised from seed %d (not in %s): %s",
                            cls.__name__, seed, directory, ", ".join(report.initialised))
@@ -245,13 +245,12 @@ def _write_from_several_processes(tensors, directory, config_dict, format, metad
     return summary
 
 
-def _initialise_leaves(build, dotted_paths: list[str], sharding_for) -> dict[tuple[str, ...], jax.Array]:
+def _initialise_leaves(build, dotted_paths: list[str], leaves, sharding_for) -> dict[tuple[str, ...], jax.Array]:
     """Fresh values for a few leaves only, created in their shardings: the whole constructor is
     traced, but jit keeps just the requested outputs, so the rest of the model is never
-    materialised."""
+    materialised. `leaves` (the load plan) gives their shapes."""
     wanted = [tuple(p.split(".")) for p in dotted_paths]
-    abstract = {tuple(str(p) for p in path): var for path, var in nnx.to_flat_state(nnx.state(nnx.eval_shape(build)))}
-    out_shardings = [sharding_for(p, abstract[p].shape) for p in wanted]
+    out_shardings = [sharding_for(p, leaves[p].shape) for p in wanted]
 
     @functools.partial(jax.jit, out_shardings=out_shardings)
     def init():

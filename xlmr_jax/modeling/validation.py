@@ -42,7 +42,8 @@ def check_range(name: str, x, low: int, high: int) -> None:
     """Values in [low, high), checked when concrete."""
     if not is_concrete(x) or x.size == 0:
         return
-    lo, hi = int(np.min(np.asarray(x))), int(np.max(np.asarray(x)))
+    values = np.asarray(x)  # one device-to-host copy for both bounds
+    lo, hi = int(values.min()), int(values.max())
     if lo < low or hi >= high:
         raise ValueError(f"{name}: values must lie in [{low}, {high - 1}], got min {lo} and max {hi}")
 

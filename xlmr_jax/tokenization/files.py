@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
 
+from xlmr_jax.atomic_files import write_atomic, write_json_atomic  # noqa: F401 - used via files.*
 from xlmr_jax.tokenization.vocab import SpecialTokens
 
 MODEL_FILE = "sentencepiece.bpe.model"
@@ -139,18 +139,19 @@ def _added_token(content: str, lstrip: bool = False) -> dict[str, Any]:
     }
 
 
+def _token_names(special: SpecialTokens) -> dict[str, str]:
+    """The special tokens other than <mask> under the names transformers uses (<s> is also cls)."""
+    return {"bos_token": special.bos, "cls_token": special.bos, "eos_token": special.eos,
+            "sep_token": special.eos, "unk_token": special.unk, "pad_token": special.pad}
+
+
 def tokenizer_config(special: SpecialTokens, mask_id: int, model_max_length: int | None) -> dict[str, Any]:
     """``tokenizer_config.json`` in the layout transformers writes for XLM-R."""
     ids = special.by_id(mask_id)
     return {
         "tokenizer_class": "XLMRobertaTokenizer",
         "model_max_length": _HF_UNLIMITED if model_max_length is None else model_max_length,
-        "bos_token": special.bos,
-        "cls_token": special.bos,
-        "eos_token": special.eos,
-        "sep_token": special.eos,
-        "unk_token": special.unk,
-        "pad_token": special.pad,
+        **_token_names(special),
         "mask_token": special.mask,
         "add_prefix_space": True,
         "clean_up_tokenization_spaces": False,
@@ -164,35 +165,10 @@ def tokenizer_config(special: SpecialTokens, mask_id: int, model_max_length: int
 def special_tokens_map(special: SpecialTokens) -> dict[str, Any]:
     """``special_tokens_map.json`` as transformers v4 writes it."""
     return {
-        "bos_token": special.bos,
-        "cls_token": special.bos,
-        "eos_token": special.eos,
-        "sep_token": special.eos,
-        "unk_token": special.unk,
-        "pad_token": special.pad,
+        **_token_names(special),
         "mask_token": {
             key: value
             for key, value in _added_token(special.mask, special.mask_lstrip).items()
             if key != "special"
         },
     }
-
-
-def write_atomic(path: Path, content: bytes) -> None:
-    """Write via a temporary file in the same directory and rename, so readers never see half a file."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            temp_file.write(content)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        # mkstemp creates the file private (0600); saved tokenizers are ordinary shared files.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    write_atomic(path, (json.dumps(content, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))

@@ -14,17 +14,22 @@ class Padding(enum.Enum):
     MAX_LENGTH = "max_length"
 
 
+def resolve_strategy(enum_type: type[enum.Enum], value, when_true: enum.Enum, when_false: enum.Enum, name: str):
+    """Map a user argument (True, False/None, or a strategy name) to a member of `enum_type`."""
+    if value is True:
+        return when_true
+    if value is False or value is None:
+        return when_false
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in enum_type)
+        raise ValueError(f"{name}={value!r} is not one of True, False, {choices}") from None
+
+
 def resolve_padding(padding: bool | str) -> Padding:
     """Map the user's ``padding`` argument (bool or strategy name) to a strategy."""
-    if padding is True:
-        return Padding.LONGEST
-    if padding is False or padding is None:
-        return Padding.DO_NOT_PAD
-    try:
-        return Padding(padding)
-    except ValueError:
-        choices = ", ".join(repr(member.value) for member in Padding)
-        raise ValueError(f"padding={padding!r} is not one of True, False, {choices}") from None
+    return resolve_strategy(Padding, padding, Padding.LONGEST, Padding.DO_NOT_PAD, "padding")
 
 
 def check_buckets(buckets: Sequence[int] | None) -> tuple[int, ...] | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xlmr_jax.tokenization.padding import resolve_strategy
+
 
 class Truncation(enum.Enum):
     LONGEST_FIRST = "longest_first"
@@ -23,15 +25,8 @@ class Truncation(enum.Enum):
 
 def resolve_truncation(truncation: bool | str | None) -> Truncation:
     """Map the user's ``truncation`` argument (bool, strategy name or None) to a strategy."""
-    if truncation is True:
-        return Truncation.LONGEST_FIRST
-    if truncation is None or truncation is False:
-        return Truncation.DO_NOT_TRUNCATE
-    try:
-        return Truncation(truncation)
-    except ValueError:
-        choices = ", ".join(repr(member.value) for member in Truncation)
-        raise ValueError(f"truncation={truncation!r} is not one of True, False, {choices}") from None
+    return resolve_strategy(Truncation, truncation, Truncation.LONGEST_FIRST, Truncation.DO_NOT_TRUNCATE,
+                            "truncation")
 
 
 @dataclass(frozen=True)

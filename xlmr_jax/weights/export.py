@@ -11,7 +11,6 @@ class. Readable without this library:
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from xlmr_jax.atomic_files import write_json_atomic
 from xlmr_jax.weights import table
 from xlmr_jax.weights.checkpoint import FLAX_INDEX, FLAX_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
 from xlmr_jax.weights.safetensors_io import CHUNK_BYTES, PendingTensor, write_safetensors
@@ -157,8 +157,8 @@ def write_checkpoint(
             weight_map.update({t.name: name for t in shard})
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": weight_map}
-            _write_json(os.path.join(staging, index_name), index)
-        _write_json(os.path.join(staging, "config.json"), config_dict)
+            write_json_atomic(os.path.join(staging, index_name), index, sort_keys=True)
+        write_json_atomic(os.path.join(staging, "config.json"), config_dict, sort_keys=True)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, os.path.join(staging, name))
         os.chmod(staging, 0o755)
@@ -168,12 +168,6 @@ def write_checkpoint(
         raise
     return {"tensors": len(tensors), "bytes": total, "files": len(shards),
             "seconds": time.perf_counter() - started}
-
-
-def _write_json(path: str, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
 
 
 def _replace_directory(staging: str, directory: str) -> None:
