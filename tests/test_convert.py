@@ -57,18 +57,26 @@ def load_reference(layout, arch, directory):
 @pytest.mark.parametrize("layout", ["xlm-roberta", "xlm-roberta-xl"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_round_trip_is_bit_identical_and_loads_in_transformers(reference_checkpoint, tmp_path, layout, arch):
-    ref, path = reference_checkpoint(layout, arch, **overrides_for(arch))
+    _, path = reference_checkpoint(layout, arch, **overrides_for(arch))
     convert_checkpoint(path, tmp_path / "flax", to="flax")
     convert_checkpoint(tmp_path / "flax", tmp_path / "pytorch", to="pytorch")
     assert_bit_identical(all_tensors(path), all_tensors(tmp_path / "pytorch"))
-    back = load_reference(layout, arch, tmp_path / "pytorch")
+    # What transformers holds after loading each directory is bit-identical too: stored bytes, exact.
+    original, back = load_reference(layout, arch, path), load_reference(layout, arch, tmp_path / "pytorch")
+    original_state, back_state = original.state_dict(), back.state_dict()
+    assert sorted(original_state) == sorted(back_state)
+    for key, value in original_state.items():
+        assert torch.equal(value, back_state[key]), key
+    # Outputs: the same weights in tensors at other addresses may round differently in MKL/oneDNN
+    # (seen on AMD EPYC: 3e-8 between an in-memory model and the same weights loaded from files), so
+    # outputs get a tolerance at float32 rounding level, never equality.
     inputs = {"input_ids": IDS, "attention_mask": MASK}
     if arch == "XLMRobertaForMultipleChoice":
         inputs = {k: v[None] for k, v in inputs.items()}
     with torch.no_grad():
-        a = ref(**{k: torch.tensor(v) for k, v in inputs.items()})
+        a = original(**{k: torch.tensor(v) for k, v in inputs.items()})
         b = back(**{k: torch.tensor(v) for k, v in inputs.items()})
-    assert torch.equal(a[0], b[0])
+    torch.testing.assert_close(b[0], a[0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("layout", ["xlm-roberta", "xlm-roberta-xl"])
@@ -243,20 +251,23 @@ def test_hub_id_from_local_cache_offline(reference_checkpoint, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     script = (
-        "import numpy as np, xlmr_jax\n"
+        "import sys, numpy as np, xlmr_jax\n"
         "m = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained('test-org/tiny-xlmr')\n"
-        "print(float(np.asarray(m(np.array([[0, 5, 2]])).logits).sum()))\n"
+        "np.save(sys.argv[1], np.asarray(m(np.array([[0, 5, 2]])).logits))\n"
         "try:\n"
         "    xlmr_jax.XLMRobertaModel.from_pretrained('test-org/not-cached')\n"
         "except FileNotFoundError as err:\n"
         "    print('missing:', err)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    logits_file = tmp_path / "logits.npy"
+    result = subprocess.run([sys.executable, "-c", script, str(logits_file)], capture_output=True, text=True,
+                            env=env, check=False)
     assert result.returncode == 0, result.stderr
-    value, missing = result.stdout.strip().splitlines()[-2:]
+    missing = result.stdout.strip().splitlines()[-1]
     expected = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(path)(np.array([[0, 5, 2]])).logits
-    assert abs(float(value) - float(np.asarray(expected).sum())) < 1e-3
+    # Every logit, not a sum (errors could cancel); another process, so a tolerance.
+    np.testing.assert_allclose(np.load(logits_file), np.asarray(expected), rtol=0, atol=1e-5)
     assert missing.startswith("missing: test-org/not-cached: not a local directory, and the hub could not")
 
 
