@@ -204,7 +204,7 @@ def test_bad_sources_fail_with_the_file_named(tmp_path):
     weights = os.path.join(path, "model.safetensors")
     with open(weights, "r+b") as fh:
         fh.truncate(os.path.getsize(weights) - 100)
-    assert cli_main(["convert", path, str(tmp_path / "out"), "--to", "flax", "--no-progress"]) == 1
+    assert cli_main(["convert", path, str(tmp_path / "out"), "--to", "flax", "--no-progress"]) == 2
     assert not (tmp_path / "out").exists()
     with pytest.raises(xlmr_jax.CheckpointError, match="model.safetensors: not a readable safetensors file"):
         convert_checkpoint(path, tmp_path / "out", to="flax")
@@ -236,7 +236,7 @@ def test_command_line_tools(reference_checkpoint, tmp_path):
         [sys.executable, "-m", "xlmr_jax.cli", "convert", str(tmp_path / "flax"), str(tmp_path / "flax"),
          "--to", "pytorch"], capture_output=True, text=True, check=False,
     )
-    assert result.returncode == 1 and "exists" in result.stderr
+    assert result.returncode == 2 and "exists" in result.stderr
 
 
 def test_hub_id_from_local_cache_offline(reference_checkpoint, tmp_path):

@@ -51,16 +51,16 @@ def test_train_mlm_on_one_process(text_file, tmp_path, capsys):
     _, info = transformers.XLMRobertaForMaskedLM.from_pretrained(out / "model", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert (out / "model" / "sentencepiece.bpe.model").exists() and (out / "train-state").is_dir()
-    assert cli_main(args) == 1  # the output exists: refused without --overwrite
+    assert cli_main(args) == 2  # the output exists: refused without --overwrite
     assert "exists; pass --overwrite" in capsys.readouterr().err
 
 
 def test_train_mlm_bad_arguments(text_file, tmp_path, capsys):
     base = [TINY_CHECKPOINT, text_file, str(tmp_path / "x"), "--steps", "1"]
-    assert cli_main(["train-mlm", *base, "--mesh", "data=3"]) == 1
+    assert cli_main(["train-mlm", *base, "--mesh", "data=3"]) == 2
     assert "needs 3 devices, but 8 are present" in capsys.readouterr().err
     assert cli_main(["train-mlm", TINY_CHECKPOINT, str(tmp_path / "none.txt"), str(tmp_path / "y"),
-                     "--steps", "1"]) == 1
+                     "--steps", "1"]) == 2
     assert "training text not found" in capsys.readouterr().err
 
 

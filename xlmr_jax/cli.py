@@ -60,18 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A user's mistake (a bad argument, a missing file, an output that exists): one line, exit 2, as
+# argparse does for bad flags. Anything else the machine did (a full disk): one line, exit 1.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "demo":
-        from xlmr_jax.demo.run import main as demo_main
+    commands = {"demo": _demo, "convert": _convert, "train-mlm": _train_mlm}
+    try:
+        return commands[args.command](args)
+    except USER_ERRORS as err:
+        print(f"xlmr-jax {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError) as err:
+        print(f"xlmr-jax {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"xlmr-jax {args.command}: interrupted; existing outputs were left as they were", file=sys.stderr)
+        return 130
 
-        return demo_main(args.checkpoint, args.text)
-    if args.command == "convert":
-        return _convert(args)
-    if args.command == "train-mlm":
-        return _train_mlm(args)
-    return 2
+
+def _demo(args: argparse.Namespace) -> int:
+    from xlmr_jax.demo.run import main as demo_main
+
+    return demo_main(args.checkpoint, args.text)
 
 
 def _train_mlm(args: argparse.Namespace) -> int:
@@ -80,17 +95,13 @@ def _train_mlm(args: argparse.Namespace) -> int:
 
     logging.getLogger("xlmr_jax").setLevel(logging.INFO)  # the step / loss lines
 
-    try:
-        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                               auto=args.auto_distributed, timeout_s=args.distributed_timeout)
-        losses = train_mlm(
-            args.checkpoint, args.text_file, args.output, steps=args.steps, batch_size=args.batch_size,
-            max_length=args.max_length, learning_rate=args.learning_rate, mesh_spec=args.mesh, rules=args.rules,
-            seed=args.seed, log_every=args.log_every, overwrite=args.overwrite,
-        )
-    except (OSError, ValueError, RuntimeError) as err:
-        print(f"xlmr-jax train-mlm: error: {err}", file=sys.stderr)
-        return 1
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           auto=args.auto_distributed, timeout_s=args.distributed_timeout)
+    losses = train_mlm(
+        args.checkpoint, args.text_file, args.output, steps=args.steps, batch_size=args.batch_size,
+        max_length=args.max_length, learning_rate=args.learning_rate, mesh_spec=args.mesh, rules=args.rules,
+        seed=args.seed, log_every=args.log_every, overwrite=args.overwrite,
+    )
     print(f"first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}; wrote {args.output}")
     return 0
 
@@ -99,15 +110,11 @@ def _convert(args: argparse.Namespace) -> int:
     from xlmr_jax.convert import convert_checkpoint, format_summary
 
     changes = {} if args.num_labels is None else {"num_labels": args.num_labels}
-    try:
-        summary = convert_checkpoint(
-            args.source, args.destination, to=args.to, dtype=args.dtype, architecture=args.architecture,
-            overwrite=args.overwrite, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle,
-            seed=args.seed, progress=not args.no_progress, **changes,
-        )
-    except (OSError, ValueError) as err:
-        print(f"xlmr-jax convert: error: {err}", file=sys.stderr)
-        return 1
+    summary = convert_checkpoint(
+        args.source, args.destination, to=args.to, dtype=args.dtype, architecture=args.architecture,
+        overwrite=args.overwrite, max_shard_size=args.max_shard_size, allow_pickle=args.allow_pickle,
+        seed=args.seed, progress=not args.no_progress, **changes,
+    )
     print(format_summary(summary))
     return 0
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from xlmr_jax.pretrained import planned_checkpoint, read_config, resolve_pretrained_path, write_from_source
 from xlmr_jax.registry import model_class_for
+from xlmr_jax.staging import check_destination
 
 logger = logging.getLogger("xlmr_jax")
 
@@ -54,13 +55,8 @@ def convert_checkpoint(
         raise ValueError(f"to={to!r}: expected 'flax' or 'pytorch'")
     started = time.perf_counter()
     directory = resolve_pretrained_path(source)
-    destination = os.path.abspath(os.fspath(destination))
-    if os.path.exists(destination) and not overwrite:
-        from xlmr_jax.weights.export import DestinationExistsError
-
-        raise DestinationExistsError(f"destination {destination} exists; pass --overwrite to replace it")
-    if os.path.abspath(directory) == destination:
-        raise ValueError(f"source and destination are the same directory: {destination}")
+    # Refused before anything is read or written: a destination that is, holds or lies in the source.
+    destination = check_destination(destination, sources=[directory], overwrite=overwrite)
     config = read_config(directory)
     if config_changes:
         config = config.replace(**config_changes)

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from xlmr_jax.staging import staged_directory
 from xlmr_jax.tokenization import files
 from xlmr_jax.tokenization.assembly import OutputRequest, assemble, package
 from xlmr_jax.tokenization.batch_encoding import BatchEncoding
@@ -115,19 +116,26 @@ class XLMRobertaTokenizer:
     def save_pretrained(self, directory: str | os.PathLike) -> tuple[str, ...]:
         """Write ``sentencepiece.bpe.model``, ``tokenizer_config.json`` and ``special_tokens_map.json``.
 
-        Each file is written to a temporary name and renamed, so a crash never leaves a truncated
-        file; ``transformers.AutoTokenizer.from_pretrained(directory)`` loads the result.
+        Into an existing directory (a model's, say) each file is written to a temporary name and
+        renamed, so a crash never leaves a truncated file; a new directory is built in a staging
+        directory and renamed into place whole, so a crash leaves no directory at all.
+        ``transformers.AutoTokenizer.from_pretrained(directory)`` loads the result.
         """
-        target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
+        target = Path(os.path.abspath(directory))
+        if not target.exists():
+            with staged_directory(target) as staging:
+                self._write_files(Path(staging))
+        else:
+            self._write_files(target)
+        return tuple(str(target / name) for name in (files.MODEL_FILE, files.CONFIG_FILE, files.SPECIAL_TOKENS_FILE))
+
+    def _write_files(self, target: Path) -> None:
         special = self._vocab.special
-        paths = (target / files.MODEL_FILE, target / files.CONFIG_FILE, target / files.SPECIAL_TOKENS_FILE)
-        files.write_atomic(paths[0], self._model_bytes)
+        files.write_atomic(target / files.MODEL_FILE, self._model_bytes)
         files.write_json_atomic(
-            paths[1], files.tokenizer_config(special, self.mask_token_id, self.model_max_length)
+            target / files.CONFIG_FILE, files.tokenizer_config(special, self.mask_token_id, self.model_max_length)
         )
-        files.write_json_atomic(paths[2], files.special_tokens_map(special))
-        return tuple(str(path) for path in paths)
+        files.write_json_atomic(target / files.SPECIAL_TOKENS_FILE, files.special_tokens_map(special))
 
     # -- vocabulary ------------------------------------------------------------------------------------
 

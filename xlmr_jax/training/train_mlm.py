@@ -6,12 +6,18 @@ i mod N), tokenises them to a static (rows, max_length) shape, masks them, and c
 to the global batch; parameters and optimizer state live sharded on the mesh. At the end the
 training state is saved collectively (resumable) and the model is exported as an HF checkpoint,
 with the tokenizer files, that `transformers` and `from_pretrained` load.
+
+Nothing the user had is lost: every argument, the checkpoint, the text and the output's place are
+checked before the first step; the output is built in a staging directory beside it (created
+before step 1, which also proves it writable) and renamed into place only when complete, so an
+error, Ctrl-C or a full disk leaves an existing output as it was.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import time
 
@@ -19,6 +25,8 @@ import jax
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+
+from xlmr_jax.staging import check_destination, open_staging, replace_directory, staging_path
 
 logger = logging.getLogger("xlmr_jax")
 
@@ -57,7 +65,6 @@ def train_mlm(
     tokenizer) and `output/train-state` (orbax). Returns the loss of every step. Call
     `xlmr_jax.distributed.initialize(...)` first on several processes."""
     from xlmr_jax import XLMRobertaForMaskedLM
-    from xlmr_jax.convert import TOKENIZER_FILES
     from xlmr_jax.pretrained import resolve_pretrained_path
     from xlmr_jax.sharding import make_mesh, shard_batch
     from xlmr_jax.tokenizer import XLMRobertaTokenizer
@@ -65,44 +72,83 @@ def train_mlm(
     from xlmr_jax.training.masking import mask_tokens
     from xlmr_jax.training.steps import make_train_step, model_from_state
 
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     process, processes = jax.process_index(), jax.process_count()
-    if batch_size % processes:
-        raise ValueError(f"batch_size={batch_size} must be divisible by the {processes} processes")
-    output = os.path.abspath(output)
-    if os.path.exists(output) and not overwrite:
-        raise FileExistsError(f"output {output} exists; pass --overwrite to replace it")
-    if os.path.exists(output) and process == 0:
-        shutil.rmtree(output)
-    multihost_utils.sync_global_devices("xlmr_jax train_mlm output ready")  # no process writes before
+    _check_arguments(steps=steps, batch_size=batch_size, max_length=max_length, log_every=log_every,
+                     learning_rate=learning_rate, processes=processes)
     directory = resolve_pretrained_path(checkpoint)
     lines = read_lines(text_file, process, processes)
-    mesh = make_mesh(mesh_spec)
     tokenizer = XLMRobertaTokenizer.from_pretrained(directory)
-    model = XLMRobertaForMaskedLM.from_pretrained(directory, mesh=mesh, rules=rules)
-    state, train_step = make_train_step(model, optax.adamw(learning_rate))
-    local_rows = batch_size // processes
-    rng = np.random.default_rng([seed, process])  # each process masks its own rows differently
-    dropout_key = jax.random.key(seed)
-    losses, started = [], time.perf_counter()
-    for step in range(steps):
-        texts = [lines[(step * local_rows + i) % len(lines)] for i in range(local_rows)]
-        encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
-                            return_special_tokens_mask=True)
-        ids, labels = mask_tokens(np.asarray(encoded["input_ids"]), np.asarray(encoded["special_tokens_mask"]),
-                                  mask_token_id=tokenizer.mask_token_id, vocab_size=model.config.vocab_size,
-                                  rng=rng)
-        batch = {"input_ids": ids, "attention_mask": np.asarray(encoded["attention_mask"]), "labels": labels}
-        state, loss = train_step(state, shard_batch(batch, mesh), jax.random.fold_in(dropout_key, step))
-        losses.append(float(np.asarray(loss.addressable_data(0))))
-        if process == 0 and (step % log_every == 0 or step == steps - 1):
-            logger.info("step %d/%d  loss %.4f  (%.1f s)", step + 1, steps, losses[-1],
-                        time.perf_counter() - started)
-    save_train_state(os.path.join(output, "train-state"), state)
-    model_from_state(model, state).save_pretrained(os.path.join(output, "model"))
-    if process == 0:
-        for name in TOKENIZER_FILES:
-            if os.path.isfile(os.path.join(directory, name)):
-                shutil.copyfile(os.path.join(directory, name), os.path.join(output, "model", name))
-    return losses
+    mesh = make_mesh(mesh_spec)
+    # The output may be none of the inputs, hold one or lie inside one: replacing it would delete them.
+    output = check_destination(output, sources=[directory, text_file], overwrite=overwrite, what="output")
+    staging, lock = _open_staging_together(output)
+    try:
+        model = XLMRobertaForMaskedLM.from_pretrained(directory, mesh=mesh, rules=rules)
+        state, train_step = make_train_step(model, optax.adamw(learning_rate))
+        local_rows = batch_size // processes
+        rng = np.random.default_rng([seed, process])  # each process masks its own rows differently
+        dropout_key = jax.random.key(seed)
+        losses, started = [], time.perf_counter()
+        for step in range(steps):
+            texts = [lines[(step * local_rows + i) % len(lines)] for i in range(local_rows)]
+            encoded = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length,
+                                return_special_tokens_mask=True)
+            ids, labels = mask_tokens(np.asarray(encoded["input_ids"]), np.asarray(encoded["special_tokens_mask"]),
+                                      mask_token_id=tokenizer.mask_token_id, vocab_size=model.config.vocab_size,
+                                      rng=rng)
+            batch = {"input_ids": ids, "attention_mask": np.asarray(encoded["attention_mask"]), "labels": labels}
+            state, loss = train_step(state, shard_batch(batch, mesh), jax.random.fold_in(dropout_key, step))
+            losses.append(loss)  # a device scalar: reading it now would wait for the step to finish
+            if process == 0 and (step % log_every == 0 or step == steps - 1):
+                logger.info("step %d/%d  loss %.4f  (%.1f s)", step + 1, steps, _host_value(loss),
+                            time.perf_counter() - started)
+        save_train_state(os.path.join(staging, "train-state"), state)
+        model_from_state(model, state).save_pretrained(os.path.join(staging, "model"))
+        if process == 0:
+            tokenizer.save_pretrained(os.path.join(staging, "model"))
+        _finish_together(staging, output)
+    except BaseException:
+        if process == 0:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+    return [_host_value(loss) for loss in losses]
+
+
+def _check_arguments(*, steps, batch_size, max_length, log_every, learning_rate, processes) -> None:
+    problems = []
+    # max_length counts <s> and </s>: 2 would leave no token to train on.
+    for name, value, least in (("steps", steps, 1), ("batch_size", batch_size, 1), ("log_every", log_every, 1),
+                               ("max_length", max_length, 3)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            problems.append(f"{name} must be an integer >= {least}, got {value!r}")
+    if not learning_rate > 0:
+        problems.append(f"learning_rate must be > 0, got {learning_rate!r}")
+    if not problems and batch_size % processes:
+        problems.append(f"batch_size={batch_size} must be divisible by the {processes} processes")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _host_value(loss) -> float:
+    return float(np.asarray(loss.addressable_data(0)))
+
+
+def _open_staging_together(output: str) -> tuple[str, int | None]:
+    """One staging directory for all processes (orbax writes each process's shards into it): process
+    0 names and creates it, the others wait for it. Returns (path, process 0's lock or None)."""
+    name = f"train-{int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))}"
+    lock = open_staging(output, name)[1] if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("xlmr_jax train_mlm staging ready")
+    return staging_path(output, name), lock
+
+
+def _finish_together(staging: str, output: str) -> None:
+    """Process 0 moves the complete staging directory into place; every process returns after."""
+    multihost_utils.sync_global_devices("xlmr_jax train_mlm written")
+    if jax.process_index() == 0:
+        os.chmod(staging, 0o755)
+        replace_directory(staging, output)
+    multihost_utils.sync_global_devices("xlmr_jax train_mlm in place")

@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 
 import numpy as np
 
 from xlmr_jax.atomic_files import write_json_atomic
+from xlmr_jax.staging import DestinationExistsError, staged_directory
 from xlmr_jax.weights import table
 from xlmr_jax.weights.checkpoint import FLAX_INDEX, FLAX_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
 from xlmr_jax.weights.safetensors_io import CHUNK_BYTES, PendingTensor, write_safetensors
@@ -29,8 +29,7 @@ FLAX_FORMAT_VERSION = "1"
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
 
 
-class DestinationExistsError(FileExistsError):
-    pass
+__all__ = ["DestinationExistsError", "flax_tensors", "pytorch_tensors", "write_checkpoint"]
 
 
 def parse_size(size: int | str) -> int:
@@ -136,18 +135,12 @@ def write_checkpoint(
     on_tensor: Callable[[PendingTensor], None] | None = None,
     extra_files: dict[str, str] | None = None,
 ) -> dict:
-    """Write a checkpoint directory all-or-nothing: everything goes to a temp directory beside the
-    destination, which is renamed into place only when complete (a failed or interrupted write
-    leaves the destination as it was). An existing destination is refused unless `overwrite`."""
-    directory = os.path.abspath(os.fspath(directory))
-    if os.path.exists(directory) and not overwrite:
-        raise DestinationExistsError(f"destination {directory} exists; pass overwrite=True (--overwrite) to replace it")
+    """Write a checkpoint directory all-or-nothing (`xlmr_jax.staging`): everything goes to a staging
+    directory beside the destination, renamed into place only when complete (a failed or interrupted
+    write leaves the destination as it was). An existing destination is refused unless `overwrite`."""
     weights_name, index_name = (FLAX_WEIGHTS, FLAX_INDEX) if format == "flax" else (SAFE_WEIGHTS, SAFE_INDEX)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.partial-", dir=parent)
     started = time.perf_counter()
-    try:
+    with staged_directory(directory, overwrite=overwrite) as staging:
         shards = _shard(tensors, parse_size(max_shard_size))
         weight_map, total = {}, 0
         stem, ext = weights_name.rsplit(".", 1)
@@ -161,26 +154,5 @@ def write_checkpoint(
         write_json_atomic(os.path.join(staging, "config.json"), config_dict, sort_keys=True)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, os.path.join(staging, name))
-        os.chmod(staging, 0o755)
-        _replace_directory(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return {"tensors": len(tensors), "bytes": total, "files": len(shards),
             "seconds": time.perf_counter() - started}
-
-
-def _replace_directory(staging: str, directory: str) -> None:
-    """Move the finished staging directory into place; an old one is removed only afterwards."""
-    if not os.path.exists(directory):
-        os.replace(staging, directory)
-        return
-    retired = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=os.path.dirname(directory))
-    os.rmdir(retired)
-    os.replace(directory, retired)
-    try:
-        os.replace(staging, directory)
-    except BaseException:
-        os.replace(retired, directory)  # put the user's directory back
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
