@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -26,6 +27,11 @@ _HF_CLASS_DEFAULTS = {
 }
 _HF_CLASS_DEFAULTS["roberta"] = _HF_CLASS_DEFAULTS["xlm-roberta"]
 
+_SIZES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+          "max_position_embeddings", "type_vocab_size")
+_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+_BOOLS = ("use_cache", "is_decoder", "add_cross_attention", "tie_word_embeddings", "remat")
+_PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 _SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 _PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
@@ -79,27 +85,9 @@ class XLMRobertaConfig:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.model_type not in POST_LN_MODEL_TYPES + (PRE_LN_MODEL_TYPE,):
-            raise ValueError(
-                f"config model_type={self.model_type!r} is not supported; expected one of "
-                f"{POST_LN_MODEL_TYPES + (PRE_LN_MODEL_TYPE,)}"
-            )
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
-                f"config hidden_size={self.hidden_size} is not divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        if self.hidden_act not in _SUPPORTED_ACTIVATIONS:
-            raise ValueError(
-                f"config hidden_act={self.hidden_act!r} is not supported; expected one of {_SUPPORTED_ACTIVATIONS}"
-            )
-        if self.problem_type not in _PROBLEM_TYPES:
-            raise ValueError(f"config problem_type={self.problem_type!r}; expected one of {_PROBLEM_TYPES}")
-        if self.add_cross_attention and not self.is_decoder:
-            raise ValueError("config add_cross_attention=True needs is_decoder=True (as in the reference)")
-        for name in ("vocab_size", "num_hidden_layers", "max_position_embeddings", "type_vocab_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config {name}={getattr(self, name)} must be >= 1")
+        problems = _config_problems(self)
+        if problems:
+            raise InvalidConfigError(problems)
 
     def __hash__(self) -> int:
         # Modules keep the config as static metadata, which jit hashes; dict fields are frozen here.
@@ -134,6 +122,8 @@ class XLMRobertaConfig:
         """A copy with some fields changed; `num_labels=N` is accepted and sets `id2label`."""
         if "num_labels" in changes:
             n = changes.pop("num_labels")
+            if not _is_int(n) or n < 1:
+                raise InvalidConfigError([f'"num_labels" must be a positive int, got {_shown(n)}'])
             changes.setdefault("id2label", {i: f"LABEL_{i}" for i in range(n)})
         return dataclasses.replace(self, **changes)
 
@@ -151,7 +141,7 @@ class XLMRobertaConfig:
         """Build from an HF config dict; `source` names the file in error messages."""
         data = dict(data)
         model_type = data.get("model_type", "xlm-roberta")
-        if model_type not in _HF_CLASS_DEFAULTS:
+        if not isinstance(model_type, str) or model_type not in _HF_CLASS_DEFAULTS:
             raise ValueError(
                 f"{source}: model_type={model_type!r} is not an XLM-RoBERTa model; expected one of "
                 f"{sorted(_HF_CLASS_DEFAULTS)}"
@@ -167,20 +157,31 @@ class XLMRobertaConfig:
         for key in _OWN_KEYS:
             if key in data and key in fields:
                 kwargs[key] = data[key]
-        if data.get("id2label") is not None:
-            kwargs["id2label"] = {int(k): v for k, v in data["id2label"].items()}
-        elif data.get("num_labels") is not None:
-            kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(int(data["num_labels"]))}
+        problems: list[str] = []
+        id2label, num_labels = data.get("id2label"), data.get("num_labels")
+        if id2label is not None:
+            kwargs["id2label"] = _parse_id2label(id2label, problems)
+            if kwargs["id2label"] and num_labels is not None and num_labels != len(kwargs["id2label"]):
+                problems.append(f'"num_labels" is {_shown(num_labels)} but "id2label" has '
+                                f"{len(kwargs['id2label'])} labels")
+        elif num_labels is not None:
+            if _is_int(num_labels) and num_labels >= 1:
+                kwargs["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
+            else:
+                problems.append(f'"num_labels" must be a positive int, got {_shown(num_labels)}')
         for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
             if kwargs.get(key) is None:
                 kwargs[key] = getattr(cls, key)
-        if isinstance(kwargs.get("eos_token_id"), list):
+        if isinstance(kwargs.get("eos_token_id"), list) and kwargs["eos_token_id"]:
             kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
         kwargs["extra"] = {k: v for k, v in data.items() if k not in _OWN_KEYS}
         try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{source}: {err}") from None
+            config = cls(**kwargs)
+        except InvalidConfigError as err:
+            problems += err.problems
+        if problems:
+            raise InvalidConfigError(problems, source) from None
+        return config
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> XLMRobertaConfig:
@@ -190,6 +191,8 @@ class XLMRobertaConfig:
                 data = json.load(fh)
         except FileNotFoundError:
             raise FileNotFoundError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as err:  # a directory, unreadable, a symlink loop, not text
+            raise ValueError(f"{path}: cannot read ({getattr(err, 'strerror', None) or err})") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(data, dict):
@@ -216,6 +219,98 @@ class XLMRobertaConfig:
         from xlmr_jax.atomic_files import write_json_atomic
 
         write_json_atomic(path, self.to_dict(), sort_keys=True)
+
+
+class InvalidConfigError(ValueError):
+    """Every problem of a config at once, each naming its key; `source` names the file."""
+
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        sep = "\n  " if len(problems) > 1 else " "
+        super().__init__(f"{source}:{sep}" + sep.join(problems))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """An int or a finite float (config.json may write 0 for 0.0; NaN and inf are never meant)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _shown(value: Any) -> str:
+    """`the str "false"`: type and value, cut short so that a huge value never fills the message."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f"the {type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def _parse_id2label(id2label: Any, problems: list[str]) -> dict[int, str] | None:
+    """config.json keys are strings ("0"); they must be integers, the labels strings."""
+    try:
+        parsed = {int(k): v for k, v in id2label.items()}
+        if parsed and all(isinstance(v, str) for v in parsed.values()):
+            return parsed
+    except (AttributeError, TypeError, ValueError):
+        pass
+    problems.append(f'"id2label" must map integer ids to label names (str), got {_shown(id2label)}')
+    return None
+
+
+def _config_problems(config: XLMRobertaConfig) -> list[str]:
+    """What is wrong with each field (type, range), then with values that must agree."""
+    problems: list[str] = []
+    invalid: set[str] = set()
+
+    def check(key: str, ok: bool, expected: str) -> None:
+        if not ok:
+            invalid.add(key)
+            problems.append(f'"{key}" must be {expected}, got {_shown(getattr(config, key))}')
+
+    for key in _SIZES:
+        value = getattr(config, key)
+        check(key, _is_int(value) and value >= 1, "a positive int")
+    for key in _TOKEN_IDS:
+        value = getattr(config, key)
+        check(key, _is_int(value) and value >= 0, "an int >= 0")
+    for key in _BOOLS:
+        check(key, isinstance(getattr(config, key), bool), "a bool")
+    for key in _PROBABILITIES:
+        value = getattr(config, key)
+        ok = (value is None and key == "classifier_dropout") or (_is_number(value) and 0 <= value <= 1)
+        check(key, ok, "a float in [0, 1]" + (" or null" if key == "classifier_dropout" else ""))
+    check("layer_norm_eps", _is_number(config.layer_norm_eps) and config.layer_norm_eps > 0, "a float > 0")
+    check("initializer_range", _is_number(config.initializer_range) and config.initializer_range >= 0,
+          "a float >= 0")
+    for key, allowed in (("model_type", POST_LN_MODEL_TYPES + (PRE_LN_MODEL_TYPE,)),
+                         ("hidden_act", _SUPPORTED_ACTIVATIONS), ("problem_type", _PROBLEM_TYPES)):
+        value = getattr(config, key)
+        check(key, isinstance(value, str | None) and value in allowed, f"one of {allowed}")
+    if config.id2label is not None:
+        check("id2label", isinstance(config.id2label, dict) and len(config.id2label) >= 1
+              and all(_is_int(k) and isinstance(v, str) for k, v in config.id2label.items()),
+              "a dict of integer ids to label names (str)")
+    check("extra", isinstance(config.extra, dict), "a dict")
+
+    def valid(*keys: str) -> bool:
+        return not invalid.intersection(keys)
+
+    if valid("hidden_size", "num_attention_heads") and config.hidden_size % config.num_attention_heads:
+        problems.append(f'"hidden_size" ({config.hidden_size}) must be divisible by "num_attention_heads" '
+                        f"({config.num_attention_heads})")
+    if valid("pad_token_id", "vocab_size") and config.pad_token_id >= config.vocab_size:
+        problems.append(f'"pad_token_id" ({config.pad_token_id}) must be < "vocab_size" '
+                        f"({config.vocab_size})")
+    if valid("pad_token_id", "max_position_embeddings") and config.max_sequence_length < 1:
+        problems.append(f'"max_position_embeddings" ({config.max_position_embeddings}) must exceed '
+                        f'"pad_token_id" + 1 ({config.pad_token_id + 1}): real tokens take the positions '
+                        "after it")
+    if valid("add_cross_attention", "is_decoder") and config.add_cross_attention and not config.is_decoder:
+        problems.append('"add_cross_attention" true needs "is_decoder" true (as in the reference)')
+    return problems
 
 
 _RELEASED = dict(

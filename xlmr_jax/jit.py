@@ -8,12 +8,14 @@ Splitting once and jitting a pure function of (state, inputs) returns only the o
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
+from xlmr_jax.modeling import validation
 from xlmr_jax.sharding import activation_mesh, constrain_batch
 
 
@@ -38,12 +40,25 @@ def jit_forward(model, *, mesh=None, **call_options) -> Callable:
             # batch-first outputs come back split like the inputs (not e.g. a cache's layer axis)
             return jax.tree.map(lambda x: constrain_batch(x) if _is_batch_first(x, batch) else x, out)
 
+    signature = inspect.signature(model.__call__)
+
     def forward(*args, **kwargs):
+        _check_host_ids(signature, args, kwargs)
         if mesh is not None:
             args, kwargs = _place_batch((args, kwargs), mesh)
         return pure_forward(state, args, kwargs)
 
     return forward
+
+
+def _check_host_ids(signature: inspect.Signature, args, kwargs) -> None:
+    """Host integer arrays are checked before jit casts them to 32 bits (where they would wrap)."""
+    try:
+        named = signature.bind_partial(*args, **kwargs).arguments
+    except TypeError:  # the call itself will say what is wrong
+        return
+    for name, value in named.items():
+        validation.check_host_ids(name, value)
 
 
 def _batch_size(args, kwargs) -> int | None:

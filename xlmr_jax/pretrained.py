@@ -33,8 +33,20 @@ def resolve_pretrained_path(path_or_id: str | os.PathLike, revision: str | None 
     found in the local hub cache through `huggingface_hub` (honours HF_HUB_OFFLINE)."""
     path = os.fspath(path_or_id)
     if os.path.isdir(path):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise PermissionError(f"checkpoint directory {path} is not readable (permission denied)")
         return path
-    if os.path.exists(path) or not _REPO_ID.match(path) or path.count("/") > 1:
+    if os.path.isfile(path):
+        raise NotADirectoryError(f"{path} is a file: pass the checkpoint directory that holds it "
+                                 f"({os.path.dirname(path) or '.'})")
+    if os.path.lexists(path):  # e.g. a dangling link or a link loop: a local path, never a hub id
+        try:
+            os.stat(path)
+        except OSError as err:
+            raise FileNotFoundError(f"checkpoint directory {path} cannot be opened "
+                                    f"({err.strerror})") from None
+        raise FileNotFoundError(f"checkpoint directory not found: {path} (not a directory)")
+    if not _REPO_ID.match(path) or path.count("/") > 1:
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
     try:
         import huggingface_hub
@@ -53,7 +65,7 @@ def read_config(directory: str) -> XLMRobertaConfig:
     from xlmr_jax.weights.checkpoint import CheckpointError
 
     config_path = os.path.join(directory, CONFIG_NAME)
-    if not os.path.isfile(config_path):
+    if not os.path.lexists(config_path):  # anything else there is reported by from_json_file
         raise CheckpointError(f"no {CONFIG_NAME} in {directory}")
     return XLMRobertaConfig.from_json_file(config_path)
 

@@ -4,24 +4,40 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 IGNORE_INDEX = -100
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX) -> jax.Array:
+def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNORE_INDEX,
+                  name: str = "labels") -> jax.Array:
     """Mean cross-entropy over labels != ignore_index (torch's CrossEntropyLoss).
 
     Where every label is ignored torch returns NaN; this returns 0 so that one empty batch does not
-    poison a training run (the one deliberate difference from the reference).
+    poison a training run (the one deliberate difference from the reference). A label outside
+    [0, classes) other than `ignore_index` raises when concrete and makes the loss NaN under jit
+    (never a wrapped or clamped class).
     """
-    logits = logits.reshape(-1, logits.shape[-1]).astype(jnp.float32)
+    classes = logits.shape[-1]
+    logits = logits.reshape(-1, classes).astype(jnp.float32)
     labels = labels.reshape(-1)
-    valid = labels != ignore_index
-    safe_labels = jnp.where(valid, labels, 0)
-    per_token = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
-    total = jnp.sum(jnp.where(valid, per_token, 0.0))
-    return total / jnp.maximum(jnp.sum(valid), 1)
+    _check_label_range(name, labels, classes, ignore_index)
+    ignored = labels == ignore_index
+    in_range = (labels >= 0) & (labels < classes)
+    per_token = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(in_range, labels, 0))
+    per_token = jnp.where(in_range, per_token, jnp.where(ignored, 0.0, jnp.nan))
+    return jnp.sum(per_token) / jnp.maximum(jnp.sum(~ignored), 1)
+
+
+def _check_label_range(name: str, labels, classes: int, ignore_index: int) -> None:
+    if isinstance(labels, jax.core.Tracer) or labels.size == 0:
+        return
+    values = np.asarray(labels)
+    bad = values[(values != ignore_index) & ((values < 0) | (values >= classes))]
+    if bad.size:
+        raise ValueError(f"{name}: values must lie in [0, {classes - 1}] or be {ignore_index} (ignored), "
+                         f"got {np.unique(bad)[:5].tolist()}")
 
 
 def causal_lm_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:

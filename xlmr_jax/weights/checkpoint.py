@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import stat
 
 import numpy as np
 
@@ -55,38 +56,60 @@ def _read_index(index: str) -> dict[str, str]:
         raise CheckpointError(f"{index}: not a checkpoint index with a 'weight_map' ({err})") from None
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
+    bad = [f"{k!r}: {v!r}"[:80] for k, v in weight_map.items() if not (isinstance(v, str) and _plain_name(v))]
+    if bad:
+        raise CheckpointError(f"{index}: 'weight_map' must give each tensor a file name in the same "
+                              f"directory, got {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     return weight_map
+
+
+def _plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and os.path.basename(name) == name
+
+
+def _is_file(path: str) -> bool:
+    """False if nothing is there; an error if something is there that cannot be read as a file
+    (a directory, a symlink loop or a dangling link), rather than reporting it as absent."""
+    if not os.path.lexists(path):
+        return False
+    try:
+        if stat.S_ISREG(os.stat(path).st_mode):
+            return True
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror})") from None
+    raise CheckpointError(f"{path}: not a regular file")
 
 
 def _from_index(directory: str, index_name: str, fmt: str, pickle: bool = False) -> CheckpointFiles:
     index = os.path.join(directory, index_name)
     files = sorted(set(_read_index(index).values()))
-    missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
+    missing = [f for f in files if not _is_file(os.path.join(directory, f))]
     if missing:
-        raise CheckpointError(f"{index} lists shard(s) that do not exist in {directory}: {missing}")
+        raise CheckpointError(f"{index} lists shard(s) that do not exist in {directory}: {missing[:5]}")
     return CheckpointFiles(fmt, [os.path.join(directory, f) for f in files], index, pickle)
 
 
 def find_checkpoint_files(directory: str, allow_pickle: bool = False) -> CheckpointFiles:
     """Which weights a directory holds. Safetensors first; our Flax format; pickles only if allowed."""
-    exists = {name: os.path.isfile(os.path.join(directory, name)) for name in
-              (SAFE_INDEX, SAFE_WEIGHTS, FLAX_INDEX, FLAX_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS)}
-    if exists[SAFE_INDEX]:
+    def exists(name: str) -> bool:  # asked in order: a stray entry further down does not matter
+        return _is_file(os.path.join(directory, name))
+
+    if exists(SAFE_INDEX):
         return _from_index(directory, SAFE_INDEX, PYTORCH)
-    if exists[SAFE_WEIGHTS]:
+    if exists(SAFE_WEIGHTS):
         return CheckpointFiles(PYTORCH, [os.path.join(directory, SAFE_WEIGHTS)], None)
-    if exists[FLAX_INDEX]:
+    if exists(FLAX_INDEX):
         return _from_index(directory, FLAX_INDEX, FLAX)
-    if exists[FLAX_WEIGHTS]:
+    if exists(FLAX_WEIGHTS):
         return CheckpointFiles(FLAX, [os.path.join(directory, FLAX_WEIGHTS)], None)
-    if exists[TORCH_INDEX] or exists[TORCH_WEIGHTS]:
+    if exists(TORCH_INDEX) or exists(TORCH_WEIGHTS):
         if not allow_pickle:
             raise CheckpointError(
                 f"{directory} holds only {TORCH_WEIGHTS} weights, a pickle format that can run code when "
                 "loaded; pass allow_pickle=True (CLI: --allow-pickle) to read them with torch "
                 "(weights_only=True), or convert them to safetensors"
             )
-        if exists[TORCH_INDEX]:
+        if exists(TORCH_INDEX):
             return _from_index(directory, TORCH_INDEX, PYTORCH, pickle=True)
         return CheckpointFiles(PYTORCH, [os.path.join(directory, TORCH_WEIGHTS)], None, pickle=True)
     raise CheckpointError(

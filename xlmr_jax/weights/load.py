@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -132,6 +133,10 @@ def plan_load(abstract_state, checkpoint: Checkpoint, hf_prefix: str, config, so
         elif isinstance(found, str):
             problems.append(found)
         else:
+            if not jnp.issubdtype(info.dtype, jnp.floating):
+                # every parameter is a float: integer values cast to float would load as garbage
+                problems.append(f"tensor {key!r} in {info.file}: dtype {info.dtype}, but its parameter "
+                                "is a float")
             leaf, rule, layer = found
             leaf.rule = rule
             leaf.sources[layer] = key
@@ -149,7 +154,8 @@ def _missing_leaf_problems(leaves, report, hf_prefix, config, source, fmt) -> li
             missing_layers = sorted(set(range(config.num_hidden_layers)) - set(leaf.sources))
             if missing_layers:
                 hf = _hf_name(leaf.rule, hf_prefix, missing_layers[0])
-                problems.append(f"missing tensor(s) for {dotted}: layers {missing_layers} (e.g. {hf!r})")
+                problems.append(f"missing tensor(s) for {dotted}: layers {_few(missing_layers)} "
+                                f"(e.g. {hf!r})")
             continue
         if leaf.rule is not None:
             continue
@@ -165,6 +171,13 @@ def _missing_leaf_problems(leaves, report, hf_prefix, config, source, fmt) -> li
         else:
             report.initialised.append(dotted)
     return problems
+
+
+def _few(items: list) -> str:
+    """A list short enough for an error message (a config may claim 200000 layers)."""
+    if len(items) <= 8:
+        return str(items)
+    return f"[{items[0]}, {items[1]}, ..., {items[-1]}] ({len(items)} in all)"
 
 
 def _hf_name(rule: table.Rule, hf_prefix: str, layer: int) -> str:
