@@ -80,6 +80,10 @@ def test_sharded_train_step_equals_single_device(reference_checkpoint, arch):
     for name, mesh in (("single", None), ("fsdp_tp", make_mesh("data=2,fsdp=2,tensor=2"))):
         model = cls.from_pretrained(path, mesh=mesh, rules="fsdp_tp")
         state, step = make_train_step(model, optax.adamw(1e-3))
+        if mesh is not None:  # the moments are created sharded like their params, not on one device
+            mu = state.opt_state[0].mu["roberta"]["encoder"]["layer"]["intermediate"]["dense"]["kernel"][...]
+            assert mu.sharding.spec == P(None, "fsdp", "tensor")
+            assert state.step.sharding.spec == P() and state.step.sharding.mesh == mesh
         placed = batch if mesh is None else shard_batch(batch, mesh)
         losses = []
         for _ in range(3):
@@ -177,13 +181,21 @@ def test_main_activations_are_pinned_to_the_batch_axes(reference_checkpoint):
     inputs, _ = inputs_for("XLMRobertaForMaskedLM")
     ids, mask = shard_batch((inputs["input_ids"], inputs["attention_mask"]), mesh)
 
+    traces = []
+
+    @jax.jit
+    def forward(state, ids, mask):  # one function for both: JAX's mesh context is part of its cache key
+        traces.append(1)
+        return nnx.merge(graphdef, state)(ids, mask).logits
+
     def lowered_text(with_mesh):
-        def forward(state, ids, mask):  # a fresh function each time: no trace cache shared
-            with activation_mesh(mesh if with_mesh else None):
-                return nnx.merge(graphdef, state)(ids, mask).logits
+        with activation_mesh(mesh if with_mesh else None):
+            return forward.lower(state, ids, mask).as_text()
 
-        return jax.jit(forward).lower(state, ids, mask).as_text()
-
+    with activation_mesh(mesh):
+        forward(state, ids, mask)
+    forward(state, ids, mask)  # called without the mesh after a call with it: traced again, not reused
+    assert len(traces) == 2
     pinned = lowered_text(True)
     assert pinned.count("sharding_constraint") >= 2 and '[{"data", "fsdp"}, {}, {}]' in pinned
     assert lowered_text(False).count("sharding_constraint") == 0

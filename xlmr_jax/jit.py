@@ -32,13 +32,12 @@ def jit_forward(model, *, mesh=None, **call_options) -> Callable:
 
     @jax.jit
     def pure_forward(state, args, kwargs):
-        with activation_mesh(mesh):  # a new function per jit_forward call: its trace is its own
-            out = nnx.merge(graphdef, state)(*args, **kwargs, **call_options)
-            if mesh is None:
-                return out
-            batch = _batch_size(args, kwargs)
-            # batch-first outputs come back split like the inputs (not e.g. a cache's layer axis)
-            return jax.tree.map(lambda x: constrain_batch(x) if _is_batch_first(x, batch) else x, out)
+        out = nnx.merge(graphdef, state)(*args, **kwargs, **call_options)
+        if mesh is None:
+            return out
+        batch = _batch_size(args, kwargs)
+        # batch-first outputs come back split like the inputs (not e.g. a cache's layer axis)
+        return jax.tree.map(lambda x: constrain_batch(x) if _is_batch_first(x, batch) else x, out)
 
     signature = inspect.signature(model.__call__)
 
@@ -46,7 +45,8 @@ def jit_forward(model, *, mesh=None, **call_options) -> Callable:
         _check_host_ids(signature, args, kwargs)
         if mesh is not None:
             args, kwargs = _place_batch((args, kwargs), mesh)
-        return pure_forward(state, args, kwargs)
+        with activation_mesh(mesh):  # JAX's mesh context: traced (and cached) per mesh
+            return pure_forward(state, args, kwargs)
 
     return forward
 

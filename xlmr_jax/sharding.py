@@ -15,10 +15,9 @@ Mesh axes: `data` (batch only), `fsdp` (batch, and parameters along `embed`), `t
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -205,19 +204,14 @@ def describe(model_or_state) -> str:
 
 
 # -- activations -------------------------------------------------------------------------------
-# The mesh that activation constraints refer to while a sharded function is traced (set by
-# `jit_forward(mesh=...)` and by the train / eval steps of sharded params); None: no constraints.
-_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+# The model pins its main activations to the mesh of JAX's own mesh context (`jax.set_mesh`), which
+# jit's cache keys on: a function traced under one mesh is never reused under another, or without.
 
 
-@contextlib.contextmanager
-def activation_mesh(mesh: Mesh | None) -> Iterator[None]:
-    """While tracing inside this context, the model pins its main activations to `mesh`."""
-    token = _ACTIVATION_MESH.set(mesh)
-    try:
-        yield
-    finally:
-        _ACTIVATION_MESH.reset(token)
+def activation_mesh(mesh: Mesh | None):
+    """Calls made inside this context (and the functions they trace) pin the model's main
+    activations to `mesh`; `None`: no constraints. Enter it around a jitted call, not inside."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def mesh_of(tree) -> Mesh | None:
@@ -232,8 +226,12 @@ def mesh_of(tree) -> Mesh | None:
 def constrain_batch(x: jax.Array) -> jax.Array:
     """Pin an activation (batch, ...) to be split on the batch axis over `data` x `fsdp` (logical
     axes ('batch', 'length', 'embed'): only 'batch' is sharded), so that FSDP gathers weights to
-    the batch rather than letting the compiler spread activations some other way."""
-    mesh = _ACTIVATION_MESH.get()
-    if mesh is None or x.ndim == 0 or x.shape[0] % _batch_ways(mesh):
+    the batch rather than letting the compiler spread activations some other way. Only under a
+    mesh context of ours whose axes the compiler places (Explicit axes carry shardings in types)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if (mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names)
+            or any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types)
+            or x.ndim == 0 or x.shape[0] % _batch_ways(mesh)):
         return x
-    return jax.lax.with_sharding_constraint(x, batch_sharding(mesh, x.ndim))
+    axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes or None, *([None] * (x.ndim - 1))))

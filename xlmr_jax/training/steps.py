@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec
 
 from xlmr_jax.sharding import activation_mesh, mesh_of
 
@@ -44,36 +45,62 @@ def make_train_step(model, optimizer: optax.GradientTransformation) -> tuple[Tra
     training, `model_from_state(model, state)` gives the trained model back; do not call `model`.
     """
     graphdef, params = nnx.split(model)
-    opt_state = jax.jit(optimizer.init)(params)  # jit: created with the params' shardings
-    state = TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32))
+    mesh = mesh_of(params)
+    if mesh is None:
+        state = TrainState(params=params, opt_state=jax.jit(optimizer.init)(params), step=jnp.zeros((), jnp.int32))
+        out_shardings = None
+    else:
+        # Every leaf of the state placed explicitly: the optimizer's moments like their params
+        # (a plain jit of `init` leaves zeros it creates on one device), scalars replicated. The
+        # new state keeps exactly these shardings, so donated buffers are reused in place.
+        replicated = NamedSharding(mesh, PartitionSpec())
+        opt_shardings = _shardings_like_params(jax.eval_shape(optimizer.init, params), params, replicated)
+        opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+        state = TrainState(params=params, opt_state=opt_state,
+                           step=jax.device_put(jnp.zeros((), jnp.int32), replicated))
+        out_shardings = (jax.tree.map(lambda x: x.sharding, state), replicated)
 
-    # The mesh is a static argument: traced once per mesh, activations pinned to it (None: none).
-    @functools.partial(jax.jit, donate_argnums=(0,), static_argnames=("mesh",))
-    def jitted_train_step(state: TrainState, batch: Mapping, dropout_rng, mesh):
-        with activation_mesh(mesh):
-            loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, batch, dropout_rng)
+    @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=out_shardings)
+    def jitted_train_step(state: TrainState, batch: Mapping, dropout_rng):
+        loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, batch, dropout_rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params=params, opt_state=opt_state, step=state.step + 1), loss
 
     def train_step(state: TrainState, batch: Mapping, dropout_rng=None):
-        return jitted_train_step(state, batch, dropout_rng, mesh=mesh_of(state.params))
+        with activation_mesh(mesh):  # JAX's mesh context: activations pinned, traced per mesh
+            return jitted_train_step(state, batch, dropout_rng)
 
     return state, train_step
+
+
+def _shardings_like_params(abstract_tree, params, default):
+    """A sharding for each leaf of `abstract_tree` (an optimizer state): that of the parameter whose
+    path its path ends with (Adam's mu and nu mirror the params' tree), else `default`."""
+    by_path = {path: leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+    def sharding_for(path, leaf):
+        for start in range(len(path)):
+            param = by_path.get(tuple(path[start:]))
+            if param is not None and param.shape == leaf.shape:
+                return param.sharding
+        return default
+
+    return jax.tree_util.tree_map_with_path(sharding_for, abstract_tree)
 
 
 def make_eval_step(model) -> Callable:
     """`loss, outputs = eval_step(params, batch)`: no dropout, no update; `params` from a TrainState."""
     graphdef, _ = nnx.split(model)
 
-    @functools.partial(jax.jit, static_argnames=("mesh",))
-    def jitted_eval_step(params, batch: Mapping, mesh):
-        with activation_mesh(mesh):
-            out = nnx.merge(graphdef, params)(**batch)
+    @jax.jit
+    def jitted_eval_step(params, batch: Mapping):
+        out = nnx.merge(graphdef, params)(**batch)
         return out.loss, out
 
     def eval_step(params, batch: Mapping):
-        return jitted_eval_step(params, batch, mesh=mesh_of(params))
+        with activation_mesh(mesh_of(params)):  # JAX's mesh context: traced per mesh
+            return jitted_eval_step(params, batch)
 
     return eval_step
 
