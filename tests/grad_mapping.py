@@ -13,11 +13,7 @@ def per_reference_key(tree, hf_prefix: str) -> dict[str, np.ndarray]:
     out = {}
     for path, var in nnx.to_flat_state(tree):
         dotted = ".".join(str(p) for p in path)
-        backbone = bool(hf_prefix) and dotted.startswith(hf_prefix + ".")
-        relative = dotted[len(hf_prefix) + 1:] if backbone else dotted
-        if not hf_prefix and relative.startswith(table.BACKBONE_ROOTS):
-            backbone = True
-        rule = table.rule_for_flax_path(relative)
+        rule = table.rule_for_flax_path(table.split_model_path(dotted, hf_prefix)[0])
         assert rule is not None, f"no table rule writes {dotted}"
         value = np.asarray(var[...], dtype=np.float32)
         layers = range(value.shape[0]) if rule.stacked else [None]
@@ -25,6 +21,5 @@ def per_reference_key(tree, hf_prefix: str) -> dict[str, np.ndarray]:
             tensor = value[layer] if layer is not None else value
             if rule.transform == table.TRANSPOSE:
                 tensor = tensor.T
-            key = rule.hf_key(layer)
-            out[f"{hf_prefix}.{key}" if backbone and hf_prefix else key] = tensor
+            out[table.hf_name(rule, hf_prefix, layer)] = tensor
     return out

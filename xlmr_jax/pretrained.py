@@ -203,13 +203,20 @@ class PreTrainedMixin:
                                  dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
 
 
+def reference_architecture(cls, config: XLMRobertaConfig) -> str:
+    """The reference class name for a model class and layout ("XLMRobertaXLForMaskedLM" for XL).
+    It needs only the class's own name and the config, so writing imports no model module (the
+    modules import this file: a lazy import of the registry here made an import circle)."""
+    name = cls.hf_architecture
+    return name.replace("XLMRoberta", "XLMRobertaXL", 1) if config.pre_layer_norm else name
+
+
 def write_from_source(source, cls, config: XLMRobertaConfig, directory, *, format: str, dtype=None,
                       max_shard_size="5GB", overwrite=False, on_tensor=None, on_plan=None,
                       extra_files=None) -> dict:
     """Write the leaves of `source` (a model or a planned checkpoint) as a `cls` checkpoint.
     `on_plan(tensors)` sees the list of tensors before writing, `on_tensor(t)` each one written."""
     from xlmr_jax import __version__
-    from xlmr_jax.registry import reference_architecture
     from xlmr_jax.weights.export import FLAX_FORMAT_VERSION, flax_tensors, pytorch_tensors, write_checkpoint
 
     if format not in ("pytorch", "flax"):

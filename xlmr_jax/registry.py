@@ -22,12 +22,6 @@ MODEL_CLASSES = {
 }
 
 
-def reference_architecture(cls, config: XLMRobertaConfig) -> str:
-    """The reference class name for a model class and layout ("XLMRobertaXLForMaskedLM" for XL)."""
-    name = cls.hf_architecture
-    return name.replace("XLMRoberta", "XLMRobertaXL", 1) if config.pre_layer_norm else name
-
-
 def model_class_for(config: XLMRobertaConfig, architecture: str | None = None):
     """The class named by `architecture`, else by the config's `architectures`, else the bare model."""
     names = [architecture] if architecture else list(config.extra.get("architectures") or [])

@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from xlmr_jax.weights import table
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension of inputs and activations
 
@@ -102,7 +104,7 @@ def resolve_rules(rules: str | Mapping[str, str | None] | None) -> dict[str, str
 def logical_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
     """Logical axis names of a parameter from its path (stacked layers get a leading 'layers')."""
     dotted = ".".join(path)
-    relative = dotted.removeprefix("roberta.")
+    relative = table.split_model_path(dotted, "roberta")[0]  # task models' backbone; the bare model has none
     for pattern, axes in _LOGICAL_PATTERNS:
         if pattern.match(relative):
             full = (("layers",) + axes) if relative.startswith(_STACKED_PREFIX) else axes

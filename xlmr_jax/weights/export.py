@@ -75,18 +75,15 @@ def pytorch_tensors(source, hf_prefix: str, dtype: np.dtype | None = None) -> li
     tensors = []
     for leaf in source.leaves:
         dotted = ".".join(leaf.path)
-        backbone = bool(hf_prefix) and dotted.startswith(hf_prefix + ".")
-        relative = dotted[len(hf_prefix) + 1:] if backbone else dotted
-        rule = table.rule_for_flax_path(relative)
+        rule = table.rule_for_flax_path(table.split_model_path(dotted, hf_prefix)[0])
         if rule is None:
             raise ValueError(f"no rule of the weight table writes {dotted}")
         out_dtype = np.dtype(dtype) if dtype is not None else leaf.dtype
-        prefix = f"{hf_prefix}." if rule.backbone and hf_prefix else ""
         layers = range(leaf.shape[0]) if rule.stacked else [None]
         shape = leaf.shape[1:] if rule.stacked else leaf.shape
         for layer in layers:
-            tensors.append(_pytorch_tensor(source, leaf.path, prefix + rule.hf_key(layer), rule, layer, shape,
-                                           out_dtype))
+            tensors.append(_pytorch_tensor(source, leaf.path, table.hf_name(rule, hf_prefix, layer), rule, layer,
+                                           shape, out_dtype))
     return sorted(tensors, key=lambda t: t.name)
 
 

@@ -58,11 +58,6 @@ def _relative(key: str, legacy_names: bool) -> tuple[str, bool]:
     return key, False
 
 
-def _prefixed(relative: str, backbone: bool, hf_prefix: str) -> tuple[str, ...]:
-    parts = tuple(relative.split("."))
-    return ((hf_prefix,) + parts) if backbone and hf_prefix else parts
-
-
 def _match_pytorch_key(key, info, leaves, hf_prefix, config, present):
     """(leaf, rule, layer) for an HF key, None to skip it, or a problem string."""
     relative, backbone = _relative(key, legacy_names=True)
@@ -77,7 +72,7 @@ def _match_pytorch_key(key, info, leaves, hf_prefix, config, present):
     if found is None:
         return f"unexpected tensor {key!r} {info.shape}: no rule of the weight table matches it"
     rule, layer = found
-    leaf = leaves.get(_prefixed(rule.flax, rule.backbone, hf_prefix))
+    leaf = leaves.get(table.model_path(rule.flax, rule.backbone, hf_prefix))
     if leaf is None:
         if not backbone and relative == table.TIED_DECODER_KEY and config.tie_word_embeddings:
             return None  # the tied decoder: same tensor as the word embeddings
@@ -96,7 +91,7 @@ def _match_pytorch_key(key, info, leaves, hf_prefix, config, present):
 def _match_flax_key(key, info, leaves, hf_prefix, config, present):
     """Our Flax format: keys are Flax paths, tensors already stacked and transposed."""
     relative, backbone = _relative(key, legacy_names=False)
-    leaf = leaves.get(_prefixed(relative, backbone, hf_prefix))
+    leaf = leaves.get(table.model_path(relative, backbone, hf_prefix))
     if leaf is None:
         if table.rule_for_flax_path(relative) is None:
             return f"unexpected tensor {key!r} {info.shape}: not a parameter of any XLM-R model"
@@ -153,21 +148,19 @@ def _missing_leaf_problems(leaves, report, hf_prefix, config, source, fmt) -> li
         if leaf.rule is not None and leaf.rule.stacked:
             missing_layers = sorted(set(range(config.num_hidden_layers)) - set(leaf.sources))
             if missing_layers:
-                hf = _hf_name(leaf.rule, hf_prefix, missing_layers[0])
+                hf = table.hf_name(leaf.rule, hf_prefix, missing_layers[0])
                 problems.append(f"missing tensor(s) for {dotted}: layers {_few(missing_layers)} "
                                 f"(e.g. {hf!r})")
             continue
         if leaf.rule is not None:
             continue
-        relative = dotted[len(hf_prefix) + 1:] if hf_prefix and dotted.startswith(hf_prefix + ".") else dotted
-        in_backbone = relative.startswith(table.BACKBONE_ROOTS) and (
-            not hf_prefix or dotted.startswith(hf_prefix + "."))
+        relative, in_backbone = table.split_model_path(dotted, hf_prefix)
         if in_backbone and not relative.startswith(_INITIALISABLE_BACKBONE):
             rule = table.rule_for_flax_path(relative)
             if fmt == FLAX or rule is None:
                 problems.append(f"missing tensor {dotted!r} in {source}")
             else:
-                problems.append(f"missing tensor {_hf_name(rule, hf_prefix, 0)!r} (for {dotted}) in {source}")
+                problems.append(f"missing tensor {table.hf_name(rule, hf_prefix, 0)!r} (for {dotted}) in {source}")
         else:
             report.initialised.append(dotted)
     return problems
@@ -178,11 +171,6 @@ def _few(items: list) -> str:
     if len(items) <= 8:
         return str(items)
     return f"[{items[0]}, {items[1]}, ..., {items[-1]}] ({len(items)} in all)"
-
-
-def _hf_name(rule: table.Rule, hf_prefix: str, layer: int) -> str:
-    key = rule.hf_key(layer)
-    return f"{hf_prefix}.{key}" if rule.backbone and hf_prefix else key
 
 
 def read_leaf_slice(checkpoint: Checkpoint, leaf: LeafPlan, index: tuple[slice, ...]) -> np.ndarray:

@@ -110,3 +110,28 @@ def match(relative_key: str, backbone: bool) -> tuple[Rule, int | None] | None:
 def rule_for_flax_path(flax_path: str) -> Rule | None:
     """Reverse lookup: the rule writing a Flax path (relative to the backbone for backbone leaves)."""
     return _BY_FLAX.get(flax_path)
+
+
+# -- the `roberta.` prefix ----------------------------------------------------------------------------
+# Task models keep the backbone under `hf_prefix` ("roberta"); the bare model is the backbone
+# itself (hf_prefix ""). These three say where a leaf sits, both ways, for every writer and reader.
+
+def split_model_path(dotted: str, hf_prefix: str) -> tuple[str, bool]:
+    """(path relative to the backbone or to the top level, is_backbone) of a model's dotted leaf path."""
+    if hf_prefix:
+        if dotted.startswith(hf_prefix + "."):
+            return dotted[len(hf_prefix) + 1:], True
+        return dotted, False
+    return dotted, dotted.startswith(BACKBONE_ROOTS)
+
+
+def model_path(relative: str, backbone: bool, hf_prefix: str) -> tuple[str, ...]:
+    """The model's leaf path for a path relative to the backbone (or to the top level)."""
+    parts = tuple(relative.split("."))
+    return ((hf_prefix,) + parts) if backbone and hf_prefix else parts
+
+
+def hf_name(rule: Rule, hf_prefix: str, layer: int | None) -> str:
+    """The reference's key written by `rule` (for one layer of a stacked leaf) in a model with `hf_prefix`."""
+    key = rule.hf_key(layer)
+    return f"{hf_prefix}.{key}" if rule.backbone and hf_prefix else key
