@@ -34,6 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
                          help="read pytorch_model.bin (a pickle; loaded with weights_only=True)")
     convert.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    run = commands.add_parser(
+        "run", help="run a pipeline (fill-mask, text-classification, ...) on inputs from stdin or a file"
+    )
+    run.add_argument("--task", required=True, help="the task, e.g. fill-mask (an unknown one lists them)")
+    run.add_argument("--model", required=True, help="checkpoint directory or hub id")
+    run.add_argument("--tokenizer", help="tokenizer directory (default: the model's)")
+    run.add_argument("--input", help="one input per line (default: stdin); .jsonl: JSON objects")
+    run.add_argument("--output", help="JSON lines (default: stdout); a .npy path takes sentence embeddings")
+    run.add_argument("--jsonl", action="store_true", help="inputs are JSON objects, one per line")
+    run.add_argument("--top-k", type=int, help="results per input (tasks that rank)")
+    run.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                     help="a task option, VALUE read as JSON (else a string), e.g. --option targets='[\"a\"]'")
+    run.add_argument("--batch-size", type=int, default=8)
+    run.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (params stay float32)")
+    run.add_argument("--mesh", help='split batches over devices, e.g. "data=8"')
+    run.add_argument("--compilation-cache", help="directory for JAX's persistent compilation cache")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (shown for --input files)")
+
     train = commands.add_parser(
         "train-mlm", help="masked-LM fine-tuning on a text file, on one device or a mesh over several processes"
     )
@@ -69,7 +87,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"demo": _demo, "convert": _convert, "train-mlm": _train_mlm}
+    commands = {"demo": _demo, "convert": _convert, "run": _run, "train-mlm": _train_mlm}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:
@@ -87,6 +105,28 @@ def _demo(args: argparse.Namespace) -> int:
     from xlmr_jax.demo.run import main as demo_main
 
     return demo_main(args.checkpoint, args.text)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from xlmr_jax.run import run_task
+
+    options = {}
+    for option in args.option:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {option!r}: expected KEY=VALUE")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    if args.top_k is not None:
+        options["top_k"] = args.top_k
+    run_task(args.task, args.model, input_path=args.input, output_path=args.output, tokenizer=args.tokenizer,
+             jsonl=True if args.jsonl else None, dtype=args.dtype, mesh=args.mesh, batch_size=args.batch_size,
+             progress=not args.no_progress, compilation_cache=args.compilation_cache, **options)
+    return 0
 
 
 def _train_mlm(args: argparse.Namespace) -> int:
