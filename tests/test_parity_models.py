@@ -1,5 +1,9 @@
 """Every model, both layouts, against the PyTorch reference: logits, hidden states, attentions,
-pooler output and losses, on right-padded batches of uneven length (non-pad positions)."""
+pooler output and losses, on right-padded batches of uneven length (non-pad positions).
+
+Our attention has two paths (xlmr_jax/modeling/attention.py): the fused
+`jax.nn.dot_product_attention` by default, and an explicit einsum + softmax that runs when the
+attention weights are asked for. Every case runs both and holds each to the reference."""
 
 import numpy as np
 import pytest
@@ -30,13 +34,20 @@ def batch(seed=0, lengths=(9, 6, 3, 7)):
     return ids, mask, token_types
 
 
+# output_attentions=False takes the default attention (fused `jax.nn.dot_product_attention`), True the
+# explicit einsum that returns the weights.
+PATHS = {"default attention": False, "explicit attention": True}
+
+
 def run_both(reference_checkpoint, layout, arch, **inputs):
+    """(our outputs by attention path, the reference's outputs with attentions)."""
     ref, path = reference_checkpoint(layout, arch, **overrides_for(arch))
     ours = getattr(xlmr_jax, arch).from_pretrained(path)
     torch_inputs = {k: torch.tensor(v) for k, v in inputs.items()}
     with torch.no_grad():
         expected = ref(**torch_inputs, output_hidden_states=True, output_attentions=True)
-    got = ours(**inputs, output_hidden_states=True, output_attentions=True)
+    got = {name: ours(**inputs, output_hidden_states=True, output_attentions=weights)
+           for name, weights in PATHS.items()}
     return got, expected
 
 
@@ -46,24 +57,27 @@ def test_outputs_match_reference(reference_checkpoint, layout, arch):
     ids, mask, token_types = batch()
     if arch == "XLMRobertaForMultipleChoice":
         ids, mask, token_types = (x.reshape(2, 2, -1) for x in (ids, mask, token_types))
-    got, expected = run_both(reference_checkpoint, layout, arch, input_ids=ids, attention_mask=mask,
-                             token_type_ids=token_types)
+    paths, expected = run_both(reference_checkpoint, layout, arch, input_ids=ids, attention_mask=mask,
+                               token_type_ids=token_types)
     flat_mask = mask.reshape(-1, mask.shape[-1])
-    if arch == "XLMRobertaModel":
-        assert_close("last_hidden_state", got.last_hidden_state, expected.last_hidden_state, mask)
-        assert_close("pooler_output", got.pooler_output, expected.pooler_output)
-    elif arch == "XLMRobertaForQuestionAnswering":
-        assert_close("start_logits", got.start_logits, expected.start_logits, mask)
-        assert_close("end_logits", got.end_logits, expected.end_logits, mask)
-    elif arch in TOKEN_LEVEL:
-        assert_close("logits", got.logits, expected.logits, mask)
-    else:
-        assert_close("logits", got.logits, expected.logits)
-    assert len(got.hidden_states) == len(expected.hidden_states)
-    for i, (a, b) in enumerate(zip(got.hidden_states, expected.hidden_states, strict=True)):
-        assert_close(f"hidden_states[{i}]", a, b, flat_mask)
-    assert len(got.attentions) == len(expected.attentions)
-    for i, (a, b) in enumerate(zip(got.attentions, expected.attentions, strict=True)):
+    for name, got in paths.items():
+        if arch == "XLMRobertaModel":
+            assert_close(f"{name}: last_hidden_state", got.last_hidden_state, expected.last_hidden_state, mask)
+            assert_close(f"{name}: pooler_output", got.pooler_output, expected.pooler_output)
+        elif arch == "XLMRobertaForQuestionAnswering":
+            assert_close(f"{name}: start_logits", got.start_logits, expected.start_logits, mask)
+            assert_close(f"{name}: end_logits", got.end_logits, expected.end_logits, mask)
+        elif arch in TOKEN_LEVEL:
+            assert_close(f"{name}: logits", got.logits, expected.logits, mask)
+        else:
+            assert_close(f"{name}: logits", got.logits, expected.logits)
+        assert len(got.hidden_states) == len(expected.hidden_states)
+        for i, (a, b) in enumerate(zip(got.hidden_states, expected.hidden_states, strict=True)):
+            assert_close(f"{name}: hidden_states[{i}]", a, b, flat_mask)
+    assert paths["default attention"].attentions is None
+    attentions = paths["explicit attention"].attentions
+    assert len(attentions) == len(expected.attentions)
+    for i, (a, b) in enumerate(zip(attentions, expected.attentions, strict=True)):
         assert_attention_close(f"attentions[{i}]", a, b, flat_mask)
 
 
