@@ -16,6 +16,7 @@ from typing import Any
 import sentencepiece as spm
 
 from xlmr_jax.atomic_files import write_atomic, write_json_atomic  # noqa: F401 - used via files.*
+from xlmr_jax.tokenization import tokenizer_json
 from xlmr_jax.tokenization.vocab import SpecialTokens
 
 MODEL_FILE = "sentencepiece.bpe.model"
@@ -67,16 +68,22 @@ def read_tokenizer_dir(path: str | os.PathLike) -> TokenizerFiles:
         model_path, directory = path, path.parent if path.name == MODEL_FILE else None
     else:
         model_path, directory = path / MODEL_FILE, path
-    if not model_path.is_file():
+    if not model_path.is_file() and directory is not None and (directory / tokenizer_json.FILE).is_file():
+        model_path = directory / tokenizer_json.FILE  # only tokenizer.json: the same model, rebuilt from it
+        model_bytes = tokenizer_json.sentencepiece_model_bytes(model_path)
+    elif not model_path.is_file():
         raise FileNotFoundError(
-            f"no sentencepiece model at {model_path} (expected a directory holding {MODEL_FILE})"
+            f"no sentencepiece model at {model_path} (expected a directory holding {MODEL_FILE} "
+            f"or {tokenizer_json.FILE})"
         )
+    else:
+        model_bytes = model_path.read_bytes()
     config: dict[str, Any] = {}
     if directory is not None:
         config = {**_read_json(directory / SPECIAL_TOKENS_FILE), **_read_json(directory / CONFIG_FILE)}
     return TokenizerFiles(
         model_path=model_path,
-        model_bytes=model_path.read_bytes(),
+        model_bytes=model_bytes,
         model_max_length=_model_max_length(config),
         special=_special_tokens(config),
     )
