@@ -88,8 +88,6 @@ def test_real_lengths_are_checked_not_the_padded_width():
         validation.check_real_lengths("input_ids", ids, pad_token_id=1, max_length=38)
 
 
-@pytest.mark.xfail(strict=True, reason="model.py (not ours to edit) still checks the padded width: it should "
-                                       "call validation.check_real_lengths instead")
 def test_padded_width_beyond_the_positions_is_accepted_like_the_reference(reference_checkpoint):
     ref, path = reference_checkpoint("xlm-roberta", "XLMRobertaModel")
     model = xlmr_jax.XLMRobertaModel.from_pretrained(path)

@@ -1,7 +1,10 @@
 """Autoregressive generation for `XLMRobertaForCausalLM`: one jitted loop over a static KV cache.
 
 The prompt is processed in one call (prefill), then `jax.lax.scan` runs one cached step per new
-token; every shape is static, so a (batch, prompt length, max_new_tokens) triple compiles once.
+token, writing only that token's keys/values into the cache (in place). Every shape is static: a
+(batch, prompt length, max_new_tokens) triple compiles once per decoding mode (greedy or sampled,
+with or without top-k / top-p / EOS); the values of `temperature`, `top_k`, `top_p` and
+`eos_token_id` are traced, so changing them reuses the compiled loop.
 Prompts must be LEFT-padded (the last column holds real tokens); position ids count real tokens
 only, so a padded row gets the same positions as it would alone, and every step sees the
 positions that a full forward over the finished sequence would give.
@@ -19,40 +22,40 @@ from flax import nnx
 from xlmr_jax.modeling import validation as v
 
 
-def _filter_top_k(logits: jax.Array, k: int) -> jax.Array:
-    kth = jax.lax.top_k(logits, k)[0][..., -1:]
-    return jnp.where(logits < kth, -jnp.inf, logits)
-
-
-def _filter_top_p(logits: jax.Array, p: float) -> jax.Array:
-    """Nucleus filtering: keep the smallest set of tokens whose probability reaches `p`."""
+def _filter(logits: jax.Array, top_k: jax.Array | None, top_p: jax.Array | None) -> jax.Array:
+    """Top-k, then nucleus (top-p) filtering, from one descending sort; `top_k` and `top_p` are
+    traced values, so a new value reuses the compiled loop."""
     sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-    # the first sorted index at which the mass reaches p is the last one kept
-    cutoff_index = jnp.sum(cumulative < p, axis=-1, keepdims=True)
-    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
-    return jnp.where(logits < cutoff, -jnp.inf, logits)
-
-
-def _choose(logits, rng, *, do_sample, temperature, top_k, top_p):
-    logits = logits.astype(jnp.float32)
-    if not do_sample:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    logits = logits / temperature
     if top_k is not None:
-        logits = _filter_top_k(logits, top_k)
+        kth = jax.lax.dynamic_slice_in_dim(sorted_logits, top_k - 1, 1, axis=-1)
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+        sorted_logits = jnp.where(sorted_logits < kth, -jnp.inf, sorted_logits)
     if top_p is not None:
-        logits = _filter_top_p(logits, top_p)
+        # keep the smallest set of tokens whose probability reaches p: the first sorted index at
+        # which the mass reaches p is the last one kept
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        cutoff_index = jnp.sum(cumulative < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def _choose(logits, rng, sampling):
+    logits = logits.astype(jnp.float32)
+    if sampling is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling["temperature"]
+    if sampling["top_k"] is not None or sampling["top_p"] is not None:
+        logits = _filter(logits, sampling["top_k"], sampling["top_p"])
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("graphdef", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "eos_token_id"),
-)
-def _generate(graphdef, state, input_ids, attention_mask, rng, encoder_hidden_states, encoder_attention_mask, *,
-              max_new_tokens, do_sample, temperature, top_k, top_p, eos_token_id):
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
+def _generate(graphdef, state, input_ids, attention_mask, rng, encoder_hidden_states, encoder_attention_mask,
+              sampling, eos_token_id, *, max_new_tokens):
     # The params come in as an argument and only the ids go out (see xlmr_jax/jit.py for why).
+    # `sampling` (None: greedy) and `eos_token_id` are traced: whether each is given shapes the
+    # program, their values do not.
     model = nnx.merge(graphdef, state)
     pad = model.config.pad_token_id
     batch, prompt_length = input_ids.shape
@@ -67,7 +70,7 @@ def _generate(graphdef, state, input_ids, attention_mask, rng, encoder_hidden_st
 
     def step(carry, step_rng):
         cache, logits, real_tokens, mask, done = carry
-        token = _choose(logits, step_rng, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p)
+        token = _choose(logits, step_rng, sampling)
         token = jnp.where(done, pad, token)
         if eos_token_id is not None:
             done = done | (token == eos_token_id)
@@ -133,10 +136,14 @@ def generate(
     rng = rng if rng is not None else jax.random.key(0)
     if eos_token_id == -1:
         eos_token_id = cfg.eos_token_id
+    sampling = None
+    if do_sample:
+        sampling = dict(temperature=jnp.float32(temperature),
+                        top_k=None if top_k is None else jnp.int32(top_k),
+                        top_p=None if top_p is None else jnp.float32(top_p))
     graphdef, state = nnx.split(model)
     return _generate(
         graphdef, state, jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32), rng,
         encoder_hidden_states, None if encoder_attention_mask is None else jnp.asarray(encoder_attention_mask),
-        max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=float(temperature),
-        top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
+        sampling, None if eos_token_id is None else jnp.int32(eos_token_id), max_new_tokens=max_new_tokens,
     )

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xlmr_jax.config import XLMRobertaConfig
+from xlmr_jax.modeling.cache import update_layer
 from xlmr_jax.modeling.layers import LayerNorm, dense, dropout, fold_key
 
 
@@ -45,7 +46,9 @@ def scaled_dot_product_attention(
     needs_dropout = not deterministic and dropout_rate > 0.0
     if not return_weights and not needs_dropout:
         return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale), None
-    scores = jnp.einsum("btnd,bsnd->bnts", query, key).astype(jnp.float32) * scale
+    # QK^T accumulated in float32 (as the fused path does): under bf16 a product rounded to bf16
+    # first moves the logits by several bf16 steps.
+    scores = jnp.einsum("btnd,bsnd->bnts", query, key, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(scores, axis=-1)  # softmax in float32 under any compute dtype
@@ -135,6 +138,7 @@ class XLMRobertaAttention(nnx.Module):
         key_value_states: jax.Array | None = None,
         precomputed_key_value: tuple[jax.Array, jax.Array] | None = None,
         cache: tuple[jax.Array, jax.Array] | None = None,
+        cache_layer: jax.Array | None = None,
         cache_index: jax.Array | None = None,
         dropout_rng: jax.Array | None,
         deterministic: bool,
@@ -144,8 +148,9 @@ class XLMRobertaAttention(nnx.Module):
 
         Keys/values come from, in order: `precomputed_key_value` (cross-attention of a cached
         decoder), `key_value_states` (cross-attention: the encoder states), else the (normalised)
-        input itself. With `cache`, the new keys/values are written at `cache_index` and the
-        queries attend over the whole cache (the mask hides what is not filled yet).
+        input itself. With `cache` (every layer's keys/values, stacked), the new keys/values are
+        written into layer `cache_layer` at `cache_index` and the queries attend over that layer's
+        whole cache (the mask hides what is not filled yet).
         """
         x = self.normalise_input(hidden_states)
         if precomputed_key_value is not None:
@@ -154,10 +159,7 @@ class XLMRobertaAttention(nnx.Module):
             key, value = self.self.project_key_value(x if key_value_states is None else key_value_states)
         new_cache = None
         if cache is not None:
-            start = (0, cache_index, 0, 0)
-            key = jax.lax.dynamic_update_slice(cache[0], key.astype(cache[0].dtype), start)
-            value = jax.lax.dynamic_update_slice(cache[1], value.astype(cache[1].dtype), start)
-            new_cache = (key, value)
+            (key, value), new_cache = update_layer(cache, cache_layer, cache_index, key, value)
         context, weights = self.self(
             x, (key, value), mask,
             dropout_rng=fold_key(dropout_rng, 0), deterministic=deterministic,

@@ -39,3 +39,21 @@ class KVCache:
         return cls(
             key=jnp.zeros(shape, dtype), value=jnp.zeros(shape, dtype), index=jnp.zeros((), jnp.int32)
         )
+
+
+def update_layer(
+    stacked: tuple[jax.Array, jax.Array], layer: jax.Array, index: jax.Array, key: jax.Array, value: jax.Array
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]:
+    """Write one layer's new keys/values (batch, length, heads, head_dim) at position `index` of the
+    stacked (layers, batch, max_length, heads, head_dim) cache.
+
+    Returns (that layer's keys/values over the whole cache, the updated stack). Only the new
+    positions are written: carried through the layer scan and the decoding loop, the stack is
+    updated in place, never rebuilt."""
+    start = (layer, 0, index, 0, 0)
+    updated = tuple(
+        jax.lax.dynamic_update_slice(buffer, new[None].astype(buffer.dtype), start)
+        for buffer, new in zip(stacked, (key, value), strict=True)
+    )
+    current = tuple(jax.lax.dynamic_index_in_dim(buffer, layer, axis=0, keepdims=False) for buffer in updated)
+    return current, updated

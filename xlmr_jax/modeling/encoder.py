@@ -4,6 +4,7 @@ so compile time does not grow with depth (36 layers of XL compile like one)."""
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from xlmr_jax.config import XLMRobertaConfig
@@ -57,25 +58,30 @@ class XLMRobertaEncoder(nnx.Module):
         cross-attention weights or None, updated cache or None); per-layer values are stacked."""
         graphdef, state = nnx.split(self.layer)
         layer_rngs = None if dropout_rng is None else jax.random.split(dropout_rng, self.num_layers)
+        # The self-attention cache rides in the scan's carry, not in its inputs/outputs: each layer
+        # writes only the new positions into the one stacked buffer (updated in place), where
+        # stacked outputs would rebuild, i.e. copy, the whole cache at every decoding step.
         cache_kv = None if cache is None else (cache.key, cache.value)
+        layer_index = None if cache is None else jnp.arange(self.num_layers, dtype=jnp.int32)
         cross_kv = None if cache is None or cache.cross_key is None else (cache.cross_key, cache.cross_value)
         cache_index = None if cache is None else cache.index
 
-        def run_layer(h, xs):
-            layer_state, rng, layer_cache, layer_cross_kv = xs
+        def run_layer(carry, xs):
+            h, kv = carry
+            layer_state, rng, index, layer_cross_kv = xs
             layer = nnx.merge(graphdef, layer_state)
             h = constrain_batch(h)
-            h, self_w, cross_w, new_cache = layer(
+            h, self_w, cross_w, kv = layer(
                 h, mask, encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
-                cross_key_value=layer_cross_kv, cache=layer_cache, cache_index=cache_index,
+                cross_key_value=layer_cross_kv, cache=kv, cache_layer=index, cache_index=cache_index,
                 dropout_rng=rng, deterministic=deterministic, output_attentions=output_attentions,
             )
-            return h, (h if output_hidden_states else None, self_w, cross_w, new_cache)
+            return (h, kv), (h if output_hidden_states else None, self_w, cross_w)
 
         if self.remat:
             run_layer = jax.checkpoint(run_layer, prevent_cse=False)
-        hidden_states, (per_layer, self_w, cross_w, new_kv) = jax.lax.scan(
-            run_layer, hidden_states, (state, layer_rngs, cache_kv, cross_kv)
+        (hidden_states, new_kv), (per_layer, self_w, cross_w) = jax.lax.scan(
+            run_layer, (hidden_states, cache_kv), (state, layer_rngs, layer_index, cross_kv)
         )
         if self.pre_layer_norm:
             hidden_states = self.LayerNorm(hidden_states)

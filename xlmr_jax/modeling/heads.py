@@ -33,10 +33,14 @@ class XLMRobertaLMHead(nnx.Module):
         return self.layer_norm(exact_gelu(self.dense(features)))
 
     def project(self, x: jax.Array, word_embeddings: jax.Array) -> jax.Array:
-        if not self.tied:
-            return self.decoder(x)
-        logits = jnp.einsum("...h,vh->...v", x, word_embeddings.astype(self.dtype))
-        return logits + self.bias[...].astype(self.dtype)
+        """Vocabulary logits, accumulated and returned in float32 under any compute dtype (a loss
+        on logits rounded to bf16 would be off by up to half a bf16 step per logit)."""
+        if self.tied:
+            kernel, bias, spec = word_embeddings, self.bias[...], "...h,vh->...v"
+        else:
+            kernel, bias, spec = self.decoder.kernel[...], self.decoder.bias[...], "...h,hv->...v"
+        logits = jnp.einsum(spec, x, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
+        return logits + bias.astype(jnp.float32)
 
     def __call__(self, features: jax.Array, word_embeddings: jax.Array) -> jax.Array:
         return self.project(self.transform(features), word_embeddings)

@@ -67,15 +67,18 @@ class XLMRobertaLayer(nnx.Module):
         encoder_mask: jax.Array | None,
         cross_key_value: tuple[jax.Array, jax.Array] | None,
         cache: tuple[jax.Array, jax.Array] | None,
+        cache_layer: jax.Array | None,
         cache_index: jax.Array | None,
         dropout_rng: jax.Array | None,
         deterministic: bool,
         output_attentions: bool,
     ):
-        """Returns (hidden, self-attention weights, cross-attention weights, updated cache)."""
+        """Returns (hidden, self-attention weights, cross-attention weights, updated cache).
+
+        `cache` holds every layer's keys/values stacked; this layer writes into `cache_layer`."""
         common = dict(deterministic=deterministic, output_attentions=output_attentions)
         x, self_weights, new_cache = self.attention(
-            hidden_states, mask, cache=cache, cache_index=cache_index,
+            hidden_states, mask, cache=cache, cache_layer=cache_layer, cache_index=cache_index,
             dropout_rng=fold_key(dropout_rng, 0), **common,
         )
         cross_weights = None

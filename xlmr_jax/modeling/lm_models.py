@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xlmr_jax.config import XLMRobertaConfig
-from xlmr_jax.modeling import losses
+from xlmr_jax.modeling import compiled, losses
 from xlmr_jax.modeling import validation as v
 from xlmr_jax.modeling.cache import KVCache
 from xlmr_jax.modeling.heads import XLMRobertaLMHead
@@ -30,7 +30,22 @@ class _LMBase(PreTrainedMixin, nnx.Module):
         self.lm_head = XLMRobertaLMHead(config, **kw)
 
     def logits(self, hidden_states: jax.Array) -> jax.Array:
+        """Vocabulary logits in float32 (accumulated and returned in float32 under any compute dtype)."""
         return self.lm_head(hidden_states, self.roberta.embeddings.word_embeddings.embedding[...])
+
+    def _output_logits(self, logits32: jax.Array) -> jax.Array:
+        # Returned in the compute dtype; the loss takes the float32 ones, never these rounded ones.
+        return logits32.astype(self.dtype)
+
+    def _check_token_labels(self, labels, inputs: dict, *, first_is_target: bool = True):
+        """Labels (batch, length) of class ids in [0, vocab) or -100, checked before any compute."""
+        if labels is None:
+            return None
+        source = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
+        labels = v.check_labels("labels", labels, [source.shape[:2]], integer=True)
+        targets = labels if first_is_target else labels[:, 1:]
+        losses.check_label_values("labels", targets, self.config.vocab_size, losses.IGNORE_INDEX)
+        return labels
 
 
 class XLMRobertaForMaskedLM(_LMBase):
@@ -52,17 +67,20 @@ class XLMRobertaForMaskedLM(_LMBase):
         deterministic: bool = True,
         dropout_rng=None,
     ) -> MaskedLMOutput:
-        out = self.roberta(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds=inputs_embeds,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-            deterministic=deterministic, dropout_rng=fold_key(dropout_rng, 0),
-        )
+        inputs = self.roberta.check_inputs(input_ids=input_ids, attention_mask=attention_mask,
+                                           token_type_ids=token_type_ids, position_ids=position_ids,
+                                           inputs_embeds=inputs_embeds)
+        inputs["labels"] = self._check_token_labels(labels, inputs)
+        options = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                       deterministic=deterministic)
+        return compiled.run(self, XLMRobertaForMaskedLM.forward, {**inputs, "dropout_rng": dropout_rng}, options)
+
+    def forward(self, *, labels=None, dropout_rng=None, **inputs) -> MaskedLMOutput:
+        """The computation of `__call__` on checked inputs (keyword arguments of `XLMRobertaModel.forward`)."""
+        out = self.roberta.forward(**inputs, dropout_rng=fold_key(dropout_rng, 0))
         logits = self.logits(out.last_hidden_state)
-        loss = None
-        if labels is not None:
-            v.check_labels("labels", labels, [logits.shape[:2]], integer=True)
-            loss = losses.cross_entropy(logits, labels)
-        return MaskedLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
+        loss = None if labels is None else losses.cross_entropy(logits, labels)
+        return MaskedLMOutput(logits=self._output_logits(logits), loss=loss, hidden_states=out.hidden_states,
                               attentions=out.attentions)
 
 
@@ -100,20 +118,24 @@ class XLMRobertaForCausalLM(_LMBase):
         deterministic: bool = True,
         dropout_rng=None,
     ) -> CausalLMOutput:
-        out = self.roberta(
-            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds=inputs_embeds,
-            encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask,
-            cache=cache, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-            deterministic=deterministic, dropout_rng=fold_key(dropout_rng, 0),
+        inputs = self.roberta.check_inputs(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, cache=cache,
         )
+        # position t predicts labels[t + 1]: the first column is never a target
+        inputs["labels"] = self._check_token_labels(labels, inputs, first_is_target=False)
+        options = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                       deterministic=deterministic)
+        return compiled.run(self, XLMRobertaForCausalLM.forward, {**inputs, "dropout_rng": dropout_rng}, options)
+
+    def forward(self, *, labels=None, dropout_rng=None, **inputs) -> CausalLMOutput:
+        """The computation of `__call__` on checked inputs (keyword arguments of `XLMRobertaModel.forward`)."""
+        out = self.roberta.forward(**inputs, dropout_rng=fold_key(dropout_rng, 0))
         logits = self.logits(out.last_hidden_state)
-        loss = None
-        if labels is not None:
-            v.check_labels("labels", labels, [logits.shape[:2]], integer=True)
-            loss = losses.causal_lm_loss(logits, labels)
-        return CausalLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
-                              attentions=out.attentions, cross_attentions=out.cross_attentions,
-                              cache=out.cache)
+        loss = None if labels is None else losses.causal_lm_loss(logits, labels)
+        return CausalLMOutput(logits=self._output_logits(logits), loss=loss, hidden_states=out.hidden_states,
+                              attentions=out.attentions, cross_attentions=out.cross_attentions, cache=out.cache)
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         """Greedy or sampled continuation with the KV cache; see `xlmr_jax.generation.generate`."""

@@ -22,7 +22,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
     classes = logits.shape[-1]
     logits = logits.reshape(-1, classes).astype(jnp.float32)
     labels = labels.reshape(-1)
-    _check_label_range(name, labels, classes, ignore_index)
+    check_label_values(name, labels, classes, ignore_index)
     ignored = labels == ignore_index
     in_range = (labels >= 0) & (labels < classes)
     per_token = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(in_range, labels, 0))
@@ -30,7 +30,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_index: int = IGNO
     return jnp.sum(per_token) / jnp.maximum(jnp.sum(~ignored), 1)
 
 
-def _check_label_range(name: str, labels, classes: int, ignore_index: int) -> None:
+def check_label_values(name: str, labels, classes: int, ignore_index: int = IGNORE_INDEX) -> None:
+    """Concrete labels outside [0, classes) other than `ignore_index` raise, naming `name`; traced ones
+    pass (the loss turns them into NaN). Models call it before their compiled forward."""
     if isinstance(labels, jax.core.Tracer) or labels.size == 0:
         return
     values = np.asarray(labels)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from xlmr_jax.config import XLMRobertaConfig
+from xlmr_jax.modeling import compiled
 from xlmr_jax.modeling import validation as v
 from xlmr_jax.modeling.attention import causal_mask, padding_mask
 from xlmr_jax.modeling.cache import KVCache
@@ -33,7 +34,9 @@ class XLMRobertaModel(PreTrainedMixin, nnx.Module):
 
     Call as `model(input_ids, attention_mask=None, token_type_ids=None, position_ids=None, ...)`
     with (batch, length) integer arrays; returns `BaseModelOutput`. Dropout runs only with
-    `deterministic=False` and a `dropout_rng` key.
+    `deterministic=False` and a `dropout_rng` key. Inputs are checked eagerly; called outside a
+    JAX transformation, `forward` then runs compiled, once per input shape and options
+    (`xlmr_jax.modeling.compiled`), so a second call with the same shapes compiles nothing.
     """
 
     hf_prefix = ""
@@ -76,7 +79,9 @@ class XLMRobertaModel(PreTrainedMixin, nnx.Module):
         if encoder_hidden_states is not None:
             if not cfg.add_cross_attention:
                 raise ValueError("init_cache: encoder_hidden_states given but config.add_cross_attention=False")
-            cross_key, cross_value = self.encoder.project_cross_key_values(encoder_hidden_states)
+            encoder_hidden_states = _check_encoder_states(encoder_hidden_states, batch_size, cfg.hidden_size)
+            cross_key, cross_value = compiled.run(self.encoder, XLMRobertaEncoder.project_cross_key_values,
+                                                  {"encoder_hidden_states": encoder_hidden_states}, {})
             cache = cache.replace(cross_key=cross_key, cross_value=cross_value)
         return cache
 
@@ -96,16 +101,42 @@ class XLMRobertaModel(PreTrainedMixin, nnx.Module):
         deterministic: bool = True,
         dropout_rng: jax.Array | None = None,
     ) -> BaseModelOutput:
+        inputs = self.check_inputs(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            position_ids=position_ids, inputs_embeds=inputs_embeds, encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=encoder_attention_mask, cache=cache,
+        )
+        options = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+                       deterministic=deterministic)
+        return compiled.run(self, XLMRobertaModel.forward, {**inputs, "dropout_rng": dropout_rng}, options)
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        position_ids=None,
+        *,
+        inputs_embeds=None,
+        encoder_hidden_states=None,
+        encoder_attention_mask=None,
+        cache: KVCache | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        deterministic: bool = True,
+        dropout_rng=None,
+    ) -> BaseModelOutput:
+        """The computation of `__call__` on inputs that `check_inputs` has accepted."""
         cfg = self.config
-        batch, length = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids,
-                                           position_ids, cache)
+        length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         past_length = 0 if cache is None else cache.index
         embedding_output = self.embeddings(
             input_ids, token_type_ids=token_type_ids, position_ids=position_ids, inputs_embeds=inputs_embeds,
             past_length=past_length, dropout_rng=fold_key(dropout_rng, 0), deterministic=deterministic,
         )
         mask = self._self_attention_mask(attention_mask, length, cache)
-        encoder_mask = self._encoder_mask(encoder_hidden_states, encoder_attention_mask, cache, batch)
+        # check_inputs dropped the encoder mask where nothing attends to the encoder
+        encoder_mask = None if encoder_attention_mask is None else padding_mask(encoder_attention_mask)
         last, per_layer, self_w, cross_w, new_cache = self.encoder(
             embedding_output, mask, encoder_hidden_states=encoder_hidden_states, encoder_mask=encoder_mask,
             cache=cache, dropout_rng=fold_key(dropout_rng, 1), deterministic=deterministic,
@@ -137,29 +168,17 @@ class XLMRobertaModel(PreTrainedMixin, nnx.Module):
             return causal if pad is None else causal & pad
         return pad
 
-    def _encoder_mask(self, encoder_hidden_states, encoder_attention_mask, cache, batch):
-        has_cross = encoder_hidden_states is not None or (cache is not None and cache.cross_key is not None)
-        if encoder_hidden_states is not None and not self.config.add_cross_attention:
-            raise ValueError(
-                "encoder_hidden_states given but the model has no cross-attention "
-                "(config.add_cross_attention=False)"
-            )
-        if encoder_hidden_states is not None:
-            v.check_float("encoder_hidden_states", encoder_hidden_states,
-                          (batch, encoder_hidden_states.shape[1], self.config.hidden_size))
-        if encoder_attention_mask is None or not has_cross:
-            return None
-        enc_len = encoder_hidden_states.shape[1] if encoder_hidden_states is not None else cache.cross_key.shape[2]
-        v.check_integer_or_bool_mask("encoder_attention_mask", encoder_attention_mask, (batch, enc_len))
-        return padding_mask(encoder_attention_mask)
-
     # -- input checks ---------------------------------------------------------------------
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids, position_ids, cache):
+    def check_inputs(self, *, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                     inputs_embeds=None, encoder_hidden_states=None, encoder_attention_mask=None,
+                     cache: KVCache | None = None) -> dict:
+        """Shapes and dtypes always, values when concrete; errors name the argument. Returns the
+        inputs as arrays (the keyword arguments of `forward`)."""
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if input_ids is not None:
-            v.check_integer("input_ids", input_ids, rank=2)
+            input_ids = v.check_integer("input_ids", input_ids, rank=2)
             v.check_range("input_ids", input_ids, 0, cfg.vocab_size)
             batch, length = input_ids.shape
         else:
@@ -167,12 +186,12 @@ class XLMRobertaModel(PreTrainedMixin, nnx.Module):
                 raise ValueError(f"inputs_embeds: expected rank 3 (batch, length, hidden), got "
                                  f"shape {tuple(getattr(inputs_embeds, 'shape', ()))}")
             batch, length = inputs_embeds.shape[:2]
-            v.check_float("inputs_embeds", inputs_embeds, (batch, length, cfg.hidden_size))
+            inputs_embeds = v.check_float("inputs_embeds", inputs_embeds, (batch, length, cfg.hidden_size))
         if token_type_ids is not None:
-            v.check_integer("token_type_ids", token_type_ids, shape=(batch, length))
+            token_type_ids = v.check_integer("token_type_ids", token_type_ids, shape=(batch, length))
             v.check_range("token_type_ids", token_type_ids, 0, cfg.type_vocab_size)
         if position_ids is not None:
-            v.check_integer("position_ids", position_ids, shape=(batch, length))
+            position_ids = v.check_integer("position_ids", position_ids, shape=(batch, length))
             v.check_range("position_ids", position_ids, 0, cfg.max_position_embeddings)
         if cache is not None:
             if not cfg.is_decoder:
@@ -182,16 +201,48 @@ class XLMRobertaModel(PreTrainedMixin, nnx.Module):
             if length > cache.max_length:
                 raise ValueError(f"input length {length} exceeds the cache's max_length {cache.max_length}")
             if attention_mask is not None:
-                v.check_integer_or_bool_mask("attention_mask", attention_mask, (batch, cache.max_length))
+                attention_mask = v.check_integer_or_bool_mask("attention_mask", attention_mask,
+                                                              (batch, cache.max_length))
         else:
             if attention_mask is not None:
-                v.check_integer_or_bool_mask("attention_mask", attention_mask, (batch, length))
-            if position_ids is None and length > cfg.max_sequence_length:
+                attention_mask = v.check_integer_or_bool_mask("attention_mask", attention_mask, (batch, length))
+            if position_ids is None and input_ids is not None:
+                # Pads take the pad's own position: only real tokens must fit (as in the reference).
+                v.check_real_lengths("input_ids", input_ids, cfg.pad_token_id, cfg.max_sequence_length)
+            elif position_ids is None and length > cfg.max_sequence_length:
                 raise ValueError(
                     f"input length {length} exceeds the model's {cfg.max_sequence_length} positions "
                     f"(max_position_embeddings={cfg.max_position_embeddings} minus pad_token_id + 1)"
                 )
-        return batch, length
+        has_cross = encoder_hidden_states is not None or (cache is not None and cache.cross_key is not None)
+        if encoder_hidden_states is not None:
+            if not cfg.add_cross_attention:
+                raise ValueError(
+                    "encoder_hidden_states given but the model has no cross-attention "
+                    "(config.add_cross_attention=False)"
+                )
+            encoder_hidden_states = _check_encoder_states(encoder_hidden_states, batch, cfg.hidden_size)
+        if encoder_attention_mask is not None and has_cross:
+            if encoder_hidden_states is not None:
+                enc_len = encoder_hidden_states.shape[1]
+            else:
+                enc_len = cache.cross_key.shape[2]  # (layers, batch, length, heads, head_dim)
+            encoder_attention_mask = v.check_integer_or_bool_mask(
+                "encoder_attention_mask", encoder_attention_mask, (batch, enc_len)
+            )
+        else:
+            encoder_attention_mask = None  # nothing attends to the encoder: the mask has no use
+        return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                    position_ids=position_ids, inputs_embeds=inputs_embeds, cache=cache,
+                    encoder_hidden_states=encoder_hidden_states, encoder_attention_mask=encoder_attention_mask)
+
+
+def _check_encoder_states(states, batch: int, hidden: int):
+    states = v.as_array("encoder_hidden_states", states)
+    if states.ndim != 3:
+        raise ValueError(f"encoder_hidden_states: expected rank 3 (batch, length, hidden), got shape "
+                         f"{tuple(states.shape)}")
+    return v.check_float("encoder_hidden_states", states, (batch, states.shape[1], hidden))
 
 
 def _unstack(stacked: jax.Array | None):
