@@ -80,5 +80,5 @@ def test_bad_input_is_named(ours):
         ours("a <mask>", topk=3)
     with pytest.raises(TypeError, match="input 0: the text must be a str"):
         ours([None])
-    with pytest.raises(ValueError, match="unknown task 'fill_mask'; the tasks are: fill-mask"):
+    with pytest.raises(ValueError, match="unknown task 'fill_mask'; the tasks are: .*fill-mask"):
         xlmr_jax.pipeline("fill_mask", TINY_CHECKPOINT)

@@ -11,9 +11,22 @@ from typing import Any
 import jax.numpy as jnp
 
 from xlmr_jax.pipelines.base import DEFAULT_BUCKETS, Feature, Pipeline
+from xlmr_jax.pipelines.embeddings import SentenceEmbeddingsPipeline
+from xlmr_jax.pipelines.feature_extraction import FeatureExtractionPipeline
 from xlmr_jax.pipelines.fill_mask import FillMaskPipeline
+from xlmr_jax.pipelines.question_answering import QuestionAnsweringPipeline
+from xlmr_jax.pipelines.text_classification import TextClassificationPipeline
+from xlmr_jax.pipelines.token_classification import TokenClassificationPipeline
+from xlmr_jax.pipelines.zero_shot import ZeroShotClassificationPipeline
 
-TASKS: dict[str, type[Pipeline]] = {cls.task: cls for cls in (FillMaskPipeline,)}
+TASKS: dict[str, type[Pipeline]] = {
+    cls.task: cls
+    for cls in (FillMaskPipeline, TextClassificationPipeline, ZeroShotClassificationPipeline,
+                FeatureExtractionPipeline, SentenceEmbeddingsPipeline, TokenClassificationPipeline,
+                QuestionAnsweringPipeline)
+}
+TASKS["ner"] = TokenClassificationPipeline  # the reference's alias
+TASKS["sentiment-analysis"] = TextClassificationPipeline  # the reference's alias
 
 
 def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, dtype=None, mesh=None, rules: str = "fsdp",
@@ -32,7 +45,9 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, dtype=None,
         raise ValueError(f"{task}: give a model (a checkpoint directory, a hub id or a model object)")
     if isinstance(model, str | os.PathLike):
         directory = _checked_checkpoint(cls, model, revision)
-        model = cls.model_class.from_pretrained(directory, dtype=dtype or jnp.float32, mesh=mesh, rules=rules)
+        task_options = {**cls.checkpoint_options(directory), **task_options}
+        model = cls.model_class.from_pretrained(directory, dtype=dtype or jnp.float32, mesh=mesh, rules=rules,
+                                                **cls.load_kwargs)
         tokenizer = directory if tokenizer is None else tokenizer
     elif not isinstance(model, cls.model_class):
         raise TypeError(f"{task} needs a {cls.model_class.__name__}, got a {type(model).__name__}")

@@ -51,18 +51,28 @@ class Pipeline:
     task: ClassVar[str]
     model_class: ClassVar[type]  # the head the task needs (from_pretrained of a path loads this class)
     defaults: ClassVar[dict[str, Any]] = {}  # the task's options and their defaults
+    # Extra from_pretrained arguments when `pipeline()` loads a path (e.g. no pooler where none is used).
+    load_kwargs: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, buckets: Sequence[int] = DEFAULT_BUCKETS,
+    @classmethod
+    def checkpoint_options(cls, directory: str) -> dict[str, Any]:
+        """Option defaults that a checkpoint directory sets (e.g. a sentence-transformers pooling), read
+        by `pipeline()` before any weight; options given to `pipeline()` override them."""
+        return {}
+
+    def __init__(self, model, tokenizer, *, batch_size: int = 8, buckets: Sequence[int] | None = DEFAULT_BUCKETS,
                  mesh=None, **options):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not buckets or any(not isinstance(b, int) or b < 1 for b in buckets):
-            raise ValueError(f"buckets must be positive integers, got {buckets!r}")
+        if buckets is not None and (not buckets or any(not isinstance(b, int) or b < 1 for b in buckets)):
+            raise ValueError(f"buckets must be positive integers (or None: pad to the longest), got {buckets!r}")
         self.model, self.tokenizer = model, tokenizer
         self.config = model.config
         self.batch_size, self.mesh = batch_size, mesh
         self.max_length = min(self.config.max_sequence_length, tokenizer.model_max_length or 10**9)
-        self.buckets = tuple(sorted(b for b in buckets if b < self.max_length)) + (self.max_length,)
+        # None: each batch padded to its longest row (a program per length seen; for comparison)
+        self.buckets = None if buckets is None else (
+            tuple(sorted(b for b in buckets if b < self.max_length)) + (self.max_length,))
         self.options = self.check_options({**self.defaults, **options})
         graphdef, self._state = nnx.split(model)
 
@@ -129,7 +139,7 @@ class Pipeline:
         return outputs
 
     def bucket(self, length: int) -> int:
-        for size in self.buckets:
+        for size in self.buckets or ():
             if length <= size:
                 return size
         return length
