@@ -16,6 +16,7 @@ from xlmr_jax.pipelines.feature_extraction import FeatureExtractionPipeline
 from xlmr_jax.pipelines.fill_mask import FillMaskPipeline
 from xlmr_jax.pipelines.question_answering import QuestionAnsweringPipeline
 from xlmr_jax.pipelines.text_classification import TextClassificationPipeline
+from xlmr_jax.pipelines.text_generation import TextGenerationPipeline
 from xlmr_jax.pipelines.token_classification import TokenClassificationPipeline
 from xlmr_jax.pipelines.zero_shot import ZeroShotClassificationPipeline
 
@@ -23,7 +24,7 @@ TASKS: dict[str, type[Pipeline]] = {
     cls.task: cls
     for cls in (FillMaskPipeline, TextClassificationPipeline, ZeroShotClassificationPipeline,
                 FeatureExtractionPipeline, SentenceEmbeddingsPipeline, TokenClassificationPipeline,
-                QuestionAnsweringPipeline)
+                QuestionAnsweringPipeline, TextGenerationPipeline)
 }
 TASKS["ner"] = TokenClassificationPipeline  # the reference's alias
 TASKS["sentiment-analysis"] = TextClassificationPipeline  # the reference's alias
