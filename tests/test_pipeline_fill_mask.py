@@ -82,3 +82,21 @@ def test_bad_input_is_named(ours):
         ours([None])
     with pytest.raises(ValueError, match="unknown task 'fill_mask'; the tasks are: .*fill-mask"):
         xlmr_jax.pipeline("fill_mask", TINY_CHECKPOINT)
+
+
+def test_on_a_mesh_and_in_bf16(ours):
+    """A mesh splits each batch over its 8 devices (the same numbers within fp32 tolerance); bf16
+    compute runs on request, its scores near the fp32 ones."""
+    from xlmr_jax.sharding import make_mesh
+
+    sharded = xlmr_jax.pipeline("fill-mask", TINY_CHECKPOINT, mesh=make_mesh("data=8"), batch_size=8)
+    for a, b in zip(sharded(TEXTS, top_k=3), ours(TEXTS, top_k=3), strict=True):
+        a, b = (a if isinstance(a[0], dict) else a[0]), (b if isinstance(b[0], dict) else b[0])
+        np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], atol=1e-5)
+    import jax.numpy as jnp
+
+    half = xlmr_jax.pipeline("fill-mask", TINY_CHECKPOINT, dtype=jnp.bfloat16)
+    assert half.model.dtype == jnp.bfloat16
+    for a, b in zip(half(TEXTS, top_k=1), ours(TEXTS, top_k=1), strict=True):
+        a, b = first_prediction(a), first_prediction(b)
+        assert abs(a["score"] - b["score"]) < 0.02

@@ -47,6 +47,14 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
+def per_input(results, count: int) -> list:
+    """One result per input: the reference's question answering returns a list of one input's
+    answers (or one answer) as it would for a single input, not inside a list."""
+    if count == 1 and not (isinstance(results, list | np.ndarray) and len(results) == 1):
+        return [results]
+    return results
+
+
 def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
@@ -92,7 +100,7 @@ def run_task(task: str, model: str, *, input_path: str | None = None, output_pat
             results_out = _output(stack, output_path, stdout)
         count = 0
         for chunk in _chunks(read_inputs(lines, source, jsonl), CHUNK):
-            results = runner(chunk)
+            results = per_input(runner(chunk), len(chunk))
             if to_npy:
                 embeddings.append(np.asarray(results))
             else:
