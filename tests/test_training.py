@@ -62,3 +62,16 @@ def test_a_batch_without_labels_is_a_clear_error(reference_checkpoint):
     state, train_step = make_train_step(load(), optax.sgd(0.1))
     with pytest.raises(ValueError, match="pass labels"):
         train_step(state, {k: v for k, v in batch.items() if k != "labels"})
+
+
+def test_the_second_step_compiles_nothing(reference_checkpoint):
+    """The initial state is placed like the state a step returns: one program for every step."""
+    from compile_log import compile_log
+
+    batch, load = batch_and_model(reference_checkpoint)
+    state, train_step = make_train_step(load(), optax.adamw(1e-3))
+    state, _ = train_step(state, batch)
+    with compile_log() as compiled:
+        state, _ = train_step(state, batch)
+        state, _ = train_step(state, batch)
+    assert compiled == []

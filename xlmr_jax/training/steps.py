@@ -47,7 +47,11 @@ def make_train_step(model, optimizer: optax.GradientTransformation) -> tuple[Tra
     graphdef, params = nnx.split(model)
     mesh = mesh_of(params)
     if mesh is None:
-        state = TrainState(params=params, opt_state=jax.jit(optimizer.init)(params), step=jnp.zeros((), jnp.int32))
+        # Committed to the params' device like the state the step returns, so that the second step
+        # does not compile again for a differently placed input.
+        device = next(iter(jax.tree.leaves(params)[0].devices()))
+        state = jax.device_put(TrainState(params=params, opt_state=jax.jit(optimizer.init)(params),
+                                          step=jnp.zeros((), jnp.int32)), device)
         out_shardings = None
     else:
         # Every leaf of the state placed explicitly: the optimizer's moments like their params
