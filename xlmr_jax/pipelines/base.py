@@ -125,10 +125,8 @@ class Pipeline:
 
     def run(self, features: list[Feature], static=None) -> list[dict[str, np.ndarray]]:
         """Outputs of every feature (its rows of each output, batch axis removed), in feature order."""
-        order = sorted(range(len(features)), key=lambda i: -features[i].length)
         outputs: list[dict[str, np.ndarray] | None] = [None] * len(features)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        for chunk in self._batches(features):
             batch = self._padded_batch([features[i] for i in chunk])
             if self.mesh is not None:
                 batch = shard_batch(batch, self.mesh)
@@ -137,6 +135,22 @@ class Pipeline:
             for row, index in enumerate(chunk):
                 outputs[index] = {name: value[row] for name, value in result.items()}
         return outputs
+
+    def _batches(self, features: list[Feature]) -> list[list[int]]:
+        """Feature indices in batches of at most `batch_size`, longest first. With buckets, a batch
+        never spans two of them: one long text does not drag a batch of short ones up to its bucket
+        (it gets a batch of its own, of fewer rows)."""
+        order = sorted(range(len(features)), key=lambda i: -features[i].length)
+        if self.buckets is None:
+            return [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+        batches: list[list[int]] = []
+        for index in order:
+            size = self.bucket(features[index].length)
+            if batches and len(batches[-1]) < self.batch_size and self.bucket(features[batches[-1][0]].length) == size:
+                batches[-1].append(index)
+            else:
+                batches.append([index])
+        return batches
 
     def bucket(self, length: int) -> int:
         for size in self.buckets or ():

@@ -60,11 +60,10 @@ class TextGenerationPipeline(Pipeline):
 
     def run(self, features: list[Feature], static=None) -> list[dict[str, np.ndarray]]:
         options = dict(static)
-        order = sorted(range(len(features)), key=lambda i: -features[i].length)
         outputs: list[dict[str, np.ndarray] | None] = [None] * len(features)
         rng = jax.random.key(options["seed"])
-        for number, start in enumerate(range(0, len(order), self.batch_size)):
-            chunk = [features[i] for i in order[start:start + self.batch_size]]
+        for number, indices in enumerate(self._batches(features)):
+            chunk = [features[i] for i in indices]
             rows = self._rows(len(chunk))
             chunk_rows = chunk + [chunk[0]] * (rows - len(chunk))
             width = min(self.bucket(chunk[0].length), self.max_length - options["max_new_tokens"])
@@ -79,7 +78,7 @@ class TextGenerationPipeline(Pipeline):
                                 top_p=options["top_p"], rng=jax.random.fold_in(rng, number))
             generated = np.asarray(self.model.generate(ids, options["max_new_tokens"], attention_mask=mask,
                                                        **sampling))
-            for row, index in enumerate(order[start:start + self.batch_size]):
+            for row, index in enumerate(indices):
                 outputs[index] = {"new_tokens": generated[row, width:]}
         return outputs
 
