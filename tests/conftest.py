@@ -27,3 +27,15 @@ def reference_checkpoint(tmp_path_factory):
         return built[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def models(reference_checkpoint):
+    """`models(arch, **config_overrides)`: our model of `arch` loaded from a tiny reference checkpoint."""
+    import xlmr_jax
+
+    def load(arch, **overrides):
+        _, path = reference_checkpoint("xlm-roberta", arch, **overrides)
+        return getattr(xlmr_jax, arch).from_pretrained(path)
+
+    return load

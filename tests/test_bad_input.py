@@ -6,18 +6,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import xlmr_jax
-
-
-@pytest.fixture(scope="module")
-def models(reference_checkpoint):
-    def load(arch, **overrides):
-        _, path = reference_checkpoint("xlm-roberta", arch, **overrides)
-        return getattr(xlmr_jax, arch).from_pretrained(path)
-
-    return load
-
-
 IDS = np.array([[0, 5, 6, 2], [0, 7, 2, 1]])
 MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0]])
 

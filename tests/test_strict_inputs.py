@@ -10,16 +10,6 @@ from parity import assert_close
 import xlmr_jax
 from xlmr_jax.modeling import validation
 
-
-@pytest.fixture(scope="module")
-def models(reference_checkpoint):
-    def load(arch, **overrides):
-        _, path = reference_checkpoint("xlm-roberta", arch, **overrides)
-        return getattr(xlmr_jax, arch).from_pretrained(path)
-
-    return load
-
-
 IDS = np.array([[0, 5, 6, 2], [0, 7, 2, 1]])
 MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0]])
 VOCAB = 99  # the tiny reference models'; 3 labels

@@ -7,6 +7,7 @@ at the mask positions, and the top-k is taken on the device: only k scores per m
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -31,27 +32,31 @@ class FillMaskPipeline(Pipeline):
             raise ValueError(f"fill-mask: top_k must be an integer >= 1, got {top_k!r}")
         targets = options["targets"]
         if targets is not None:
-            options = {**options, "targets": self._target_ids([targets] if isinstance(targets, str) else targets)}
+            targets = (targets,) if isinstance(targets, str) else tuple(targets)
+            if not targets:
+                raise ValueError("fill-mask: targets is empty; give at least one target")
+            for target in targets:
+                if not isinstance(target, str) or not target:
+                    raise ValueError(f"fill-mask: targets must be non-empty strings, got {target!r}")
+            options = {**options, "targets": targets}
         return options
 
-    def _target_ids(self, targets) -> tuple[int, ...]:
+    @functools.cached_property
+    def _vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
+
+    def _target_ids(self, targets: tuple[str, ...]) -> tuple[int, ...]:
         """Each target as one vocabulary id; a word that is not one piece takes its first piece (as the
         reference does, which also warns)."""
-        if isinstance(targets, tuple) and all(isinstance(t, int) for t in targets):
-            return targets  # already resolved (options passed again on a call)
-        vocab, ids = self.tokenizer.get_vocab(), []
+        ids = []
         for target in targets:
-            if not isinstance(target, str) or not target:
-                raise ValueError(f"fill-mask: targets must be non-empty strings, got {target!r}")
-            vocab_id = vocab.get(target)
+            vocab_id = self._vocab.get(target)
             if vocab_id is None:
                 pieces = self.tokenizer.encode(target, add_special_tokens=False)
                 if not pieces:
                     raise ValueError(f"fill-mask: the target {target!r} is no token of the vocabulary")
                 vocab_id = pieces[0]
             ids.append(vocab_id)
-        if not ids:
-            raise ValueError("fill-mask: targets is empty; give at least one target")
         return tuple(dict.fromkeys(ids))  # the reference drops repeated targets
 
     def preprocess(self, item, index: int, options: Mapping[str, Any]) -> list[Feature]:
@@ -62,7 +67,7 @@ class FillMaskPipeline(Pipeline):
         return [Feature({"input_ids": ids, "mask_positions": positions}, index, meta=ids)]
 
     def static(self, options):
-        targets = options["targets"]
+        targets = None if options["targets"] is None else self._target_ids(options["targets"])
         return min(options["top_k"], len(targets)) if targets is not None else options["top_k"], targets
 
     def compute(self, model, batch, static):
