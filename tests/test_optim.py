@@ -10,6 +10,7 @@ import torch
 import transformers
 from flax import nnx
 from grad_mapping import per_reference_key
+from optim_reference import assert_params_close, hf_decayed, noise_only
 from reference_models import build_reference, padded_batch, save_reference
 
 import xlmr_jax
@@ -50,29 +51,6 @@ def load(path):
 
 def train(model, optimizer):
     return make_train_step(model, optimizer)
-
-
-def hf_decayed(name: str) -> bool:
-    """The reference Trainer's grouping: no decay on biases and LayerNorm weights."""
-    return not (name.endswith("bias") or "LayerNorm.weight" in name)
-
-
-def noise_only(params: dict) -> set:
-    """The attention key biases: they get no gradient in exact arithmetic (softmax ignores a shift
-    shared by every key), so Adam turns rounding noise into +-lr steps on both sides."""
-    keys = {k for k in params if k.endswith("attention.self.key.bias")}
-    assert len(keys) == LAYERS
-    return keys
-
-
-def assert_params_close(got: dict, expected: dict, tol: float, lr_sum: float) -> None:
-    """Every parameter within `tol` (absolute, relative above 1); the noise-driven key biases only
-    within the summed learning rates (Adam moves a parameter by about lr per step)."""
-    errors = {k: float(np.max(np.abs(v - expected[k]) / np.maximum(1.0, np.abs(expected[k]))))
-              for k, v in got.items()}
-    noise = noise_only(got)
-    assert {k: e for k, e in errors.items() if k not in noise and e > tol} == {}
-    assert max(errors[k] for k in noise) <= 2 * lr_sum
 
 
 @pytest.fixture

@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--compilation-cache", help="directory for JAX's persistent compilation cache")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (shown for --input files)")
 
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune for a task (classification, NER, QA, multiple choice, masked/causal LM)"
+    )
+    from xlmr_jax.finetune.cli_args import add_arguments as add_finetune_arguments
+
+    add_finetune_arguments(finetune)
+    _add_distributed_arguments(finetune)
+
     train = commands.add_parser(
         "train-mlm", help="masked-LM fine-tuning on a text file, on one device or a mesh over several processes"
     )
@@ -67,15 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--log-every", type=int, default=10)
     train.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    group = train.add_argument_group("several processes (else from XLMR_JAX_COORDINATOR, "
-                                     "XLMR_JAX_NUM_PROCESSES, XLMR_JAX_PROCESS_ID)")
+    _add_distributed_arguments(train)
+    return parser
+
+
+def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("several processes (else from XLMR_JAX_COORDINATOR, "
+                                      "XLMR_JAX_NUM_PROCESSES, XLMR_JAX_PROCESS_ID)")
     group.add_argument("--coordinator", help="host:port of process 0")
     group.add_argument("--num-processes", type=int)
     group.add_argument("--process-id", type=int)
     group.add_argument("--auto-distributed", action="store_true",
                        help="let JAX find the processes itself (Cloud TPU VMs, SLURM)")
     group.add_argument("--distributed-timeout", type=int, default=300, help="seconds to wait for the coordinator")
-    return parser
 
 
 # A user's mistake (a bad argument, a missing file, an output that exists): one line, exit 2, as
@@ -87,7 +99,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"demo": _demo, "convert": _convert, "run": _run, "train-mlm": _train_mlm}
+    commands = {"demo": _demo, "convert": _convert, "run": _run, "train-mlm": _train_mlm, "finetune": _finetune}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:
@@ -126,6 +138,23 @@ def _run(args: argparse.Namespace) -> int:
     run_task(args.task, args.model, input_path=args.input, output_path=args.output, tokenizer=args.tokenizer,
              jsonl=True if args.jsonl else None, dtype=args.dtype, mesh=args.mesh, batch_size=args.batch_size,
              progress=not args.no_progress, compilation_cache=args.compilation_cache, **options)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from xlmr_jax import distributed
+    from xlmr_jax.finetune import finetune
+    from xlmr_jax.finetune.cli_args import config_from_args
+
+    logging.getLogger("xlmr_jax").setLevel(logging.INFO)
+    config = config_from_args(args)
+    config.check()  # before connecting processes: a typo costs no cluster time
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           auto=args.auto_distributed, timeout_s=args.distributed_timeout)
+    summary = finetune(config)
+    print(json.dumps(summary, indent=2, sort_keys=True))
     return 0
 
 

@@ -32,13 +32,16 @@ def _loss(graphdef, params, batch: Mapping, dropout_rng):
     out = model(**batch, deterministic=dropout_rng is None, dropout_rng=dropout_rng)
     if out.loss is None:
         raise ValueError("the batch gives no loss: pass labels (or start_positions/end_positions for QA)")
-    return out.loss
+    return out.loss.astype(jnp.float32)  # differentiated in float32 under any compute dtype
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation) -> tuple[TrainState, Callable]:
+def make_train_step(model, optimizer: optax.GradientTransformation, *,
+                    with_grad_norm: bool = False) -> tuple[TrainState, Callable]:
     """(initial state, step) for training `model` with `optimizer`.
 
-    `state, loss = step(state, batch, dropout_rng)`; `batch` is a dict of the model's keyword
+    `state, loss = step(state, batch, dropout_rng)` (with `with_grad_norm=True`:
+    `state, (loss, grad_norm)`, the global norm of the gradients before any clipping, so a caller
+    can tell a non-finite gradient from a non-finite loss without a second pass); `batch` is a dict of the model's keyword
     arguments (input_ids, attention_mask, labels, ...); `dropout_rng=None` trains without dropout.
     The state passed in is donated: use the returned one. The initial state holds the model's own
     parameter arrays (no copy of the model is made), so the first step consumes them: after
@@ -62,14 +65,16 @@ def make_train_step(model, optimizer: optax.GradientTransformation) -> tuple[Tra
         opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
         state = TrainState(params=params, opt_state=opt_state,
                            step=jax.device_put(jnp.zeros((), jnp.int32), replicated))
-        out_shardings = (jax.tree.map(lambda x: x.sharding, state), replicated)
+        out_shardings = (jax.tree.map(lambda x: x.sharding, state),
+                         (replicated, replicated) if with_grad_norm else replicated)
 
     @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=out_shardings)
     def jitted_train_step(state: TrainState, batch: Mapping, dropout_rng):
         loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, batch, dropout_rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params=params, opt_state=opt_state, step=state.step + 1), loss
+        new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
+        return new_state, ((loss, optax.tree.norm(grads)) if with_grad_norm else loss)
 
     def train_step(state: TrainState, batch: Mapping, dropout_rng=None):
         with activation_mesh(mesh):  # JAX's mesh context: activations pinned, traced per mesh

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import time
 
 import jax
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 
-from xlmr_jax.staging import check_destination, open_staging, replace_directory, staging_path
+from xlmr_jax.staging import check_destination
+from xlmr_jax.training.collective_staging import finish_together, open_staging_together
 
 logger = logging.getLogger("xlmr_jax")
 
@@ -81,7 +80,7 @@ def train_mlm(
     mesh = make_mesh(mesh_spec)
     # The output may be none of the inputs, hold one or lie inside one: replacing it would delete them.
     output = check_destination(output, sources=[directory, text_file], overwrite=overwrite, what="output")
-    staging, lock = _open_staging_together(output)
+    staging, lock = open_staging_together(output, "train")
     try:
         model = XLMRobertaForMaskedLM.from_pretrained(directory, mesh=mesh, rules=rules)
         state, train_step = make_train_step(model, optax.adamw(learning_rate))
@@ -106,7 +105,7 @@ def train_mlm(
         model_from_state(model, state).save_pretrained(os.path.join(staging, "model"))
         if process == 0:
             tokenizer.save_pretrained(os.path.join(staging, "model"))
-        _finish_together(staging, output)
+        finish_together(staging, output)
     except BaseException:
         if process == 0:
             shutil.rmtree(staging, ignore_errors=True)
@@ -134,21 +133,3 @@ def _check_arguments(*, steps, batch_size, max_length, log_every, learning_rate,
 
 def _host_value(loss) -> float:
     return float(np.asarray(loss.addressable_data(0)))
-
-
-def _open_staging_together(output: str) -> tuple[str, int | None]:
-    """One staging directory for all processes (orbax writes each process's shards into it): process
-    0 names and creates it, the others wait for it. Returns (path, process 0's lock or None)."""
-    name = f"train-{int(multihost_utils.broadcast_one_to_all(np.int32(secrets.randbits(31))))}"
-    lock = open_staging(output, name)[1] if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("xlmr_jax train_mlm staging ready")
-    return staging_path(output, name), lock
-
-
-def _finish_together(staging: str, output: str) -> None:
-    """Process 0 moves the complete staging directory into place; every process returns after."""
-    multihost_utils.sync_global_devices("xlmr_jax train_mlm written")
-    if jax.process_index() == 0:
-        os.chmod(staging, 0o755)
-        replace_directory(staging, output)
-    multihost_utils.sync_global_devices("xlmr_jax train_mlm in place")
