@@ -86,3 +86,13 @@ def test_resume_refuses_a_different_run(finished, tmp_path):
         finetune(dataclasses.replace(config, learning_rate=2e-3, resume=True))
     with pytest.raises(FileNotFoundError, match="no run to resume"):
         finetune(dataclasses.replace(config, output=str(tmp_path / "nothing"), resume=True))
+
+
+def test_a_best_step_between_saves_is_saved_for_the_export(finished, tmp_path):
+    config, _, _ = finished
+    # Nothing learns at rate 0: the first evaluation (step 3, not a save step) stays the best.
+    summary = finetune(dataclasses.replace(config, output=str(tmp_path / "run"), learning_rate=0.0,
+                                           max_steps=6, eval_every=3, save_every=6))
+    assert summary["best_step"] == summary["exported_step"] == 3
+    steps = sorted(int(n) for n in os.listdir(tmp_path / "run" / "checkpoints") if n.isdigit())
+    assert steps == [3, 6]

@@ -98,6 +98,8 @@ def _train(config: FinetuneConfig, run) -> dict[str, Any]:
             last_eval = metrics
             log.write({"step": done, "eval": metrics})
             stopped_early = _track_best(config, progress, metrics, done)
+            if progress.get("best_step") == done:
+                save_now = True  # the export restores the best step: it must have a checkpoint
         if save_now or stopped_early:
             _save(run, done, state, progress, metrics)
         if bar is not None:
