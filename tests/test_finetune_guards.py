@@ -98,3 +98,8 @@ def test_the_command_line_trains_and_exports(setup, tmp_path, capsys):
     with open(tmp_path / "out" / "model" / "config.json", encoding="utf-8") as fh:
         assert json.load(fh)["id2label"] == {"0": "neg", "1": "pos"}
     assert os.path.exists(tmp_path / "out" / "model" / "sentencepiece.bpe.model")
+    # and our pipelines take the export as it is
+    from xlmr_jax import pipeline
+
+    result = pipeline("text-classification", model=summary["model"])(["a lovely garden", "an awful road"])
+    assert [r["label"] in ("neg", "pos") for r in result] == [True, True]
