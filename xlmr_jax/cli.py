@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (params stay float32)")
     run.add_argument("--mesh", help='split batches over devices, e.g. "data=8"')
+    run.add_argument("--quantization", choices=["int8", "int4", "nf4"],
+                     help="weight-only quantisation of the matmul kernels, applied while loading")
     run.add_argument("--compilation-cache", help="directory for JAX's persistent compilation cache")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (shown for --input files)")
 
@@ -137,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
         options["top_k"] = args.top_k
     run_task(args.task, args.model, input_path=args.input, output_path=args.output, tokenizer=args.tokenizer,
              jsonl=True if args.jsonl else None, dtype=args.dtype, mesh=args.mesh, batch_size=args.batch_size,
-             progress=not args.no_progress, compilation_cache=args.compilation_cache, **options)
+             progress=not args.no_progress, compilation_cache=args.compilation_cache,
+             quantization=args.quantization, **options)
     return 0
 
 

@@ -147,6 +147,7 @@ class PreTrainedMixin:
         revision: str | None = None,
         mesh=None,
         rules=None,
+        quantization: str | None = None,
         **kwargs: Any,
     ):
         """Load a checkpoint directory or hub id, in HF PyTorch format (`config.json` +
@@ -163,10 +164,23 @@ class PreTrainedMixin:
         sharding under `rules` ("dp", "fsdp" (default), "tp", "fsdp_tp" or a dict logical axis ->
         mesh axis): each device's slice is read from the files on its own, so no host ever holds
         the whole model (on several hosts, each reads only the slices of its own devices).
+
+        `quantization` ("int8", "int4" or "nf4"): weight-only quantisation of every encoder and head
+        matmul kernel, each quantised as it is read (see `xlmr_jax.quantization`); `dtype` stays the
+        compute dtype.
         """
         from xlmr_jax.weights.load import materialise
 
+        scheme = None
+        if quantization is not None:
+            from xlmr_jax.quantization import resolve_scheme
+
+            scheme = resolve_scheme(quantization)  # an unknown name fails before anything is read
         directory = resolve_pretrained_path(path, revision)
+        if scheme is not None:
+            from xlmr_jax.quantization.load import check_not_prequantized
+
+            check_not_prequantized(directory)
         ctor_params = set(inspect.signature(cls.__init__).parameters) - {"self", "config", "dtype",
                                                                           "param_dtype", "rngs"}
         ctor_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in ctor_params}
@@ -176,6 +190,10 @@ class PreTrainedMixin:
         with planned_checkpoint(cls, directory, config, dtype=dtype, param_dtype=param_dtype, seed=seed,
                                 ctor_kwargs=ctor_kwargs, allow_pickle=allow_pickle, mesh=mesh,
                                 rules=rules) as planned:
+            if scheme is not None:
+                from xlmr_jax.quantization.load import load_quantized
+
+                return load_quantized(planned, scheme)
             arrays = materialise(planned.checkpoint, planned.leaves, planned.sharding_for)
         arrays.update(planned.initialised)
         for path_, var in nnx.to_flat_state(planned.state):
@@ -199,8 +217,28 @@ class PreTrainedMixin:
         collective) and process 0 writes the files."""
         from xlmr_jax.weights.sources import ModelSource
 
+        _refuse_unsaveable(self)
         return write_from_source(ModelSource(self), type(self), self.config, directory, format=format,
                                  dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite)
+
+
+def _refuse_unsaveable(model) -> None:
+    """A quantised model is refused (its kernels are not the checkpoint's floats: saving them as HF
+    weights would pass off rounded values as the model), as is a model holding LoRA adapters."""
+    from xlmr_jax.quantization.linear import QuantizedKernel, linear_modules
+    from xlmr_jax.quantization.lora import LoRALinear
+
+    if linear_modules(model, LoRALinear):
+        raise ValueError("save_pretrained: this model holds LoRA adapters; save them alone with "
+                         "xlmr_jax.quantization.lora.save_lora(model, directory), or merge them first: "
+                         "merge_lora(model).save_pretrained(...)")
+
+    quantised = linear_modules(model, QuantizedKernel)
+    if quantised:
+        raise ValueError(
+            f"save_pretrained: this {type(model).__name__} is quantised ({quantised[0][1].scheme.name}); HF "
+            "checkpoints hold float weights. Save the float checkpoint it was loaded from, or write the "
+            "dequantised values knowingly: xlmr_jax.quantization.dequantize_model(model).save_pretrained(...)")
 
 
 def reference_architecture(cls, config: XLMRobertaConfig) -> str:
@@ -213,9 +251,10 @@ def reference_architecture(cls, config: XLMRobertaConfig) -> str:
 
 def write_from_source(source, cls, config: XLMRobertaConfig, directory, *, format: str, dtype=None,
                       max_shard_size="5GB", overwrite=False, on_tensor=None, on_plan=None,
-                      extra_files=None) -> dict:
+                      extra_files=None, workers: int = 0) -> dict:
     """Write the leaves of `source` (a model or a planned checkpoint) as a `cls` checkpoint.
-    `on_plan(tensors)` sees the list of tensors before writing, `on_tensor(t)` each one written."""
+    `on_plan(tensors)` sees the list of tensors before writing, `on_tensor(t)` each one written;
+    `workers` > 0 threads compute tensors while others are written (single process only)."""
     from xlmr_jax import __version__
     from xlmr_jax.weights.export import FLAX_FORMAT_VERSION, flax_tensors, pytorch_tensors, write_checkpoint
 
@@ -240,7 +279,7 @@ def write_from_source(source, cls, config: XLMRobertaConfig, directory, *, forma
                                              max_shard_size, overwrite, on_tensor, extra_files)
     return write_checkpoint(os.fspath(directory), tensors, config_dict, format=format, metadata=metadata,
                             max_shard_size=max_shard_size, overwrite=overwrite, on_tensor=on_tensor,
-                            extra_files=extra_files)
+                            extra_files=extra_files, workers=workers)
 
 
 def _write_from_several_processes(tensors, directory, config_dict, format, metadata, max_shard_size, overwrite,

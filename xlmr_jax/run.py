@@ -66,7 +66,8 @@ def _json_default(value):
 def run_task(task: str, model: str, *, input_path: str | None = None, output_path: str | None = None,
              tokenizer: str | None = None, jsonl: bool | None = None, dtype: str | None = None,
              mesh: str | None = None, batch_size: int = 8, progress: bool = True,
-             compilation_cache: str | None = None, stdin=None, stdout=None, **task_options) -> int:
+             compilation_cache: str | None = None, stdin=None, stdout=None, quantization: str | None = None,
+             **task_options) -> int:
     """Run `task` on every input; returns the number of inputs. Results go to `output_path` (JSON
     lines; a `.npy` path takes embeddings as one array) or `stdout`."""
     import jax
@@ -88,7 +89,7 @@ def run_task(task: str, model: str, *, input_path: str | None = None, output_pat
         jsonl = task in JSON_TASKS or (input_path or "").endswith(".jsonl")
     compute_dtype = {None: None, "float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
     runner = pipeline(task, model, tokenizer, dtype=compute_dtype, mesh=make_mesh(mesh) if mesh else None,
-                      batch_size=batch_size, **task_options)
+                      batch_size=batch_size, quantization=quantization, **task_options)
     source = input_path or "<stdin>"
     with contextlib.ExitStack() as stack:
         lines = stack.enter_context(open(input_path, encoding="utf-8")) if input_path else (stdin or sys.stdin)

@@ -31,12 +31,14 @@ TASKS["sentiment-analysis"] = TextClassificationPipeline  # the reference's alia
 
 
 def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, dtype=None, mesh=None, rules: str = "fsdp",
-             batch_size: int = 8, buckets=DEFAULT_BUCKETS, revision: str | None = None, **task_options) -> Pipeline:
+             batch_size: int = 8, buckets=DEFAULT_BUCKETS, revision: str | None = None,
+             quantization: str | None = None, **task_options) -> Pipeline:
     """A callable for `task` (one of `TASKS`) on `model`: a checkpoint directory, a hub id, or a model
     object of ours. `tokenizer`: a path or an `XLMRobertaTokenizer` (default: the model's directory).
     `dtype`: the compute dtype (e.g. `jnp.bfloat16`; params stay float32). `mesh`: split each batch
     (and the params, by `rules`) over its devices. `task_options` are the task's defaults for every
-    call (e.g. `top_k=3`); a call may override them."""
+    call (e.g. `top_k=3`); a call may override them. `quantization` ("int8", "int4", "nf4"): load
+    with weight-only quantised matmul kernels (see `xlmr_jax.quantization`)."""
     from xlmr_jax.tokenizer import XLMRobertaTokenizer
 
     if task not in TASKS:
@@ -48,12 +50,15 @@ def pipeline(task: str, model: Any = None, tokenizer: Any = None, *, dtype=None,
         directory = _checked_checkpoint(cls, model, revision)
         task_options = {**cls.checkpoint_options(directory), **task_options}
         model = cls.model_class.from_pretrained(directory, dtype=dtype or jnp.float32, mesh=mesh, rules=rules,
-                                                **cls.load_kwargs)
+                                                quantization=quantization, **cls.load_kwargs)
         tokenizer = directory if tokenizer is None else tokenizer
     elif not isinstance(model, cls.model_class):
         raise TypeError(f"{task} needs a {cls.model_class.__name__}, got a {type(model).__name__}")
     elif dtype is not None:
         raise ValueError(f"{task}: dtype applies when loading; a model object keeps the dtype it was built with")
+    elif quantization is not None:
+        raise ValueError(f"{task}: quantization applies when loading; quantise a model object with "
+                         "xlmr_jax.quantization.quantize_model(model, ...)")
     if tokenizer is None:
         raise ValueError(f"{task}: a model object needs a tokenizer (a path or an XLMRobertaTokenizer)")
     if isinstance(tokenizer, str | os.PathLike):
