@@ -19,6 +19,7 @@ TASK_NAMES = ("text-classification", "token-classification", "question-answering
 DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip")
 SCHEDULES = ("linear", "cosine", "constant")
+QUANTIZATIONS = ("int8", "int4", "nf4")
 
 # The metric that picks the best checkpoint when none is named, per task (higher is better except loss).
 DEFAULT_BEST_METRIC = {
@@ -32,7 +33,7 @@ RESUME_MUST_MATCH = (
     "label_all_tokens", "doc_stride", "pack", "mlm_probability", "batch_size", "epochs", "max_steps",
     "learning_rate", "weight_decay", "warmup_steps", "warmup_ratio", "schedule", "max_grad_norm",
     "gradient_accumulation_steps", "layerwise_lr_decay", "adam_b1", "adam_b2", "adam_eps", "dtype",
-    "dropout", "seed", "buckets", "on_nonfinite",
+    "dropout", "seed", "buckets", "on_nonfinite", "lora_rank", "lora_alpha", "lora_targets", "quantization",
 )
 
 
@@ -77,6 +78,11 @@ class FinetuneConfig:
     dropout: float | None = None              # None: the checkpoint's; 0 turns dropout off
     seed: int = 42
     on_nonfinite: str = "stop"                # a NaN/inf loss or gradient: stop, or skip the update
+    # -- adapters and quantisation (QLoRA = both)
+    lora_rank: int | None = None              # train LoRA adapters (and the task head) only
+    lora_alpha: float = 16.0
+    lora_targets: str = "query,key,value,attention_output,intermediate,output"
+    quantization: str | None = None           # int8 / int4 / nf4 weights of the frozen model (needs lora_rank)
     # -- evaluation and checkpoints
     eval_every: int | None = None             # steps; None: at the end only
     save_every: int | None = None             # steps; None: at each evaluation and at the end
@@ -174,6 +180,15 @@ class FinetuneConfig:
             problems.append(f"best_metric must be a metric name, got {self.best_metric!r}")
         if (self.early_stopping_patience is not None or self.eval_every is not None) and not self.validation_file:
             problems.append("eval_every and early_stopping_patience need a validation_file")
+        if self.lora_rank is not None:
+            _check_int(problems, "lora_rank", self.lora_rank, 1)
+            if not _in_range(self.lora_alpha, 0, None, open_low=True):
+                problems.append(f"lora_alpha must be > 0, got {self.lora_alpha!r}")
+        if self.quantization is not None:
+            if self.quantization not in QUANTIZATIONS:
+                problems.append(f"quantization must be one of {', '.join(QUANTIZATIONS)}; got {self.quantization!r}")
+            elif self.lora_rank is None:
+                problems.append("quantization needs lora_rank: quantised weights are frozen, only adapters train (QLoRA)")
         if self.resume and self.overwrite:
             problems.append("resume and overwrite exclude each other (resume continues OUTPUT, overwrite replaces it)")
         if not isinstance(self.columns, Mapping) or not all(isinstance(k, str) and isinstance(v, str)

@@ -66,28 +66,29 @@ def _language_model_metrics(run, params, batches) -> dict[str, float]:
     return metrics
 
 
-def make_predict(graphdef, output_names: tuple[str, ...], mesh):
-    """A jitted params, batch -> {name: output} for the outputs the task's evaluation reads."""
+def make_predict(graphdef, frozen: tuple, output_names: tuple[str, ...], mesh):
+    """A jitted params, batch -> {name: output} for the outputs the task's evaluation reads
+    (`frozen`: the leaves that do not train, with LoRA; passed as arguments, never baked in)."""
 
     @jax.jit
-    def predict(params, batch):
-        out = nnx.merge(graphdef, params)(**batch)
+    def predict(params, frozen, batch):
+        out = nnx.merge(graphdef, params, *frozen)(**batch)
         return {name: getattr(out, name).astype(jnp.float32) for name in output_names}
 
     def run(params, batch):
         with activation_mesh(mesh):
-            return predict(params, batch)
+            return predict(params, frozen, batch)
 
     return run
 
 
-def make_lm_eval(graphdef, causal: bool, mesh):
+def make_lm_eval(graphdef, frozen: tuple, causal: bool, mesh):
     """A jitted params, batch -> [loss sum, targets, correct] over the non-ignored labels."""
 
     @jax.jit
-    def lm_eval(params, batch):
+    def lm_eval(params, frozen, batch):
         labels = batch.pop("labels")
-        logits = nnx.merge(graphdef, params)(**batch).logits.astype(jnp.float32)
+        logits = nnx.merge(graphdef, params, *frozen)(**batch).logits.astype(jnp.float32)
         if causal:  # position t predicts t + 1, as the model's own loss
             logits, labels = logits[:, :-1], labels[:, 1:]
         keep = labels != -100
@@ -98,7 +99,7 @@ def make_lm_eval(graphdef, causal: bool, mesh):
 
     def run(params, batch):
         with activation_mesh(mesh):
-            return lm_eval(params, batch)
+            return lm_eval(params, frozen, batch)
 
     return run
 

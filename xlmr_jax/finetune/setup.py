@@ -41,6 +41,7 @@ class Run:
     predict: Callable | None
     lm_eval: Callable | None
     vocab_size: int
+    trainable: Any = None           # an nnx filter when only some leaves train (LoRA), else None
 
     def place(self, batch: dict[str, np.ndarray]):
         if self.mesh is None:
@@ -118,8 +119,11 @@ def prepare_run(config: FinetuneConfig) -> Run:
         overrides.update(hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout)
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     model_class = getattr(xlmr_jax, task.model_class_name)
+    if config.quantization is not None:
+        overrides["quantization"] = config.quantization
     model = model_class.from_pretrained(directory, dtype=dtype, param_dtype=jnp.float32, seed=config.seed,
                                         mesh=mesh, rules=config.rules if mesh is not None else None, **overrides)
+    model, trainable = _with_adapters(config, model)
     dropout = model.config.hidden_dropout_prob > 0 or model.config.attention_probs_dropout_prob > 0
 
     buckets = config.resolved_buckets()
@@ -131,7 +135,7 @@ def prepare_run(config: FinetuneConfig) -> Run:
     )
     batches_per_epoch = train_batches.batches_per_epoch
     total_steps = config.total_steps(batches_per_epoch)
-    params = nnx.state(model, nnx.Param)
+    params = nnx.state(model, trainable if trainable is not None else nnx.Param)
     optimizer = make_optimizer(
         params, learning_rate=config.learning_rate, total_steps=total_steps, warmup_steps=config.warmup_steps,
         warmup_ratio=config.warmup_ratio, schedule=config.schedule, weight_decay=config.weight_decay,
@@ -142,8 +146,12 @@ def prepare_run(config: FinetuneConfig) -> Run:
     if config.on_nonfinite == "skip":
         # optax's guard: an update with a non-finite gradient leaves params and moments unchanged.
         optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=2**30)
-    graphdef = nnx.graphdef(model)
-    state, train_step = make_train_step(model, optimizer, with_grad_norm=True)
+    if trainable is not None:  # evaluation merges the trained leaves with the frozen rest
+        graphdef, _, rest = nnx.split(model, trainable, ...)
+        frozen = (rest,)
+    else:
+        graphdef, frozen = nnx.graphdef(model), ()
+    state, train_step = make_train_step(model, optimizer, with_grad_norm=True, trainable=trainable)
     is_lm = config.task in ("masked-lm", "causal-lm")
     return Run(
         config=config, output=output, task=task, tokenizer=tokenizer, model=model, mesh=mesh,
@@ -153,10 +161,32 @@ def prepare_run(config: FinetuneConfig) -> Run:
        
         validation=validation, validation_records=validation_records,
         eval_batch_size=config.eval_batch_size or config.batch_size, buckets=buckets,
-        predict=None if is_lm else make_predict(graphdef, task.output_names, mesh),
-        lm_eval=make_lm_eval(graphdef, config.task == "causal-lm", mesh) if is_lm else None,
+        predict=None if is_lm else make_predict(graphdef, frozen, task.output_names, mesh),
+        lm_eval=make_lm_eval(graphdef, frozen, config.task == "causal-lm", mesh) if is_lm else None,
+        trainable=trainable,
         vocab_size=model.config.vocab_size,
     )
+
+
+# The task head that trains with the adapters (it is new for the task); language models train adapters only.
+TASK_HEADS = {"XLMRobertaForSequenceClassification": "classifier", "XLMRobertaForTokenClassification": "classifier",
+              "XLMRobertaForMultipleChoice": "classifier", "XLMRobertaForQuestionAnswering": "qa_outputs"}
+
+
+def _with_adapters(config: FinetuneConfig, model):
+    """(model, trainable filter): LoRA adapters added when asked (with a quantised base, the head
+    to train is dequantised first), else the model and None (every parameter trains)."""
+    if config.lora_rank is None:
+        return model, None
+    from xlmr_jax.quantization import add_lora, dequantize_model, lora_filter
+
+    head = TASK_HEADS.get(type(model).__name__)
+    if head is not None and config.quantization is not None:
+        dequantize_model(model, under=head)
+    targets = tuple(t.strip() for t in config.lora_targets.split(",") if t.strip())
+    model = add_lora(model, config.lora_rank, config.lora_alpha, targets, seed=config.seed)
+    trainable = lora_filter if head is None else nnx.Any(lora_filter, nnx.All(nnx.Param, nnx.PathContains(head)))
+    return model, trainable
 
 
 def open_checkpoints(run: Run) -> None:

@@ -176,11 +176,14 @@ def quantized_scheme(model) -> str | None:
     return None
 
 
-def dequantize_model(model):
-    """The model with every QuantizedLinear replaced by a float `nnx.Linear` holding the dequantised
-    kernel (param dtype): what can be saved as an HF checkpoint (the values are the quantised ones,
-    not the originals). Returns the same model object."""
+def dequantize_model(model, under: str | None = None):
+    """The model with every QuantizedLinear (only those below the attribute `under`, if given, e.g.
+    a task head to train) replaced by a float `nnx.Linear` holding the dequantised kernel (param
+    dtype): what can be saved as an HF checkpoint (the values are the quantised ones, not the
+    originals). Returns the same model object."""
     for path, q in linear_modules(model, QuantizedLinear):
+        if under is not None and path[:1] != (under,):
+            continue
         kernel = q.kernel[...]
         linear = nnx.eval_shape(lambda q=q: nnx.Linear(q.in_features, q.out_features, use_bias=q.use_bias,
                                                        dtype=q.dtype, param_dtype=q.kernel.param_dtype,

@@ -27,8 +27,8 @@ class TrainState:
     step: jax.Array
 
 
-def _loss(graphdef, params, batch: Mapping, dropout_rng):
-    model = nnx.merge(graphdef, params)
+def _loss(graphdef, params, frozen, batch: Mapping, dropout_rng):
+    model = nnx.merge(graphdef, params, *frozen)
     out = model(**batch, deterministic=dropout_rng is None, dropout_rng=dropout_rng)
     if out.loss is None:
         raise ValueError("the batch gives no loss: pass labels (or start_positions/end_positions for QA)")
@@ -36,7 +36,7 @@ def _loss(graphdef, params, batch: Mapping, dropout_rng):
 
 
 def make_train_step(model, optimizer: optax.GradientTransformation, *,
-                    with_grad_norm: bool = False) -> tuple[TrainState, Callable]:
+                    with_grad_norm: bool = False, trainable=None) -> tuple[TrainState, Callable]:
     """(initial state, step) for training `model` with `optimizer`.
 
     `state, loss = step(state, batch, dropout_rng)` (with `with_grad_norm=True`:
@@ -46,8 +46,12 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
     The state passed in is donated: use the returned one. The initial state holds the model's own
     parameter arrays (no copy of the model is made), so the first step consumes them: after
     training, `model_from_state(model, state)` gives the trained model back; do not call `model`.
+
+    `trainable` (an nnx filter, e.g. LoRA's adapters and the task head) trains only the matching
+    leaves: the state (and the optimizer's moments) holds just those; the rest of the model is
+    passed to the step unchanged and never donated.
     """
-    graphdef, params = nnx.split(model)
+    graphdef, params, frozen = _split(model, trainable)
     mesh = mesh_of(params)
     if mesh is None:
         # Committed to the params' device like the state the step returns, so that the second step
@@ -69,8 +73,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
                          (replicated, replicated) if with_grad_norm else replicated)
 
     @functools.partial(jax.jit, donate_argnums=(0,), out_shardings=out_shardings)
-    def jitted_train_step(state: TrainState, batch: Mapping, dropout_rng):
-        loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, batch, dropout_rng)
+    def jitted_train_step(state: TrainState, frozen, batch: Mapping, dropout_rng):
+        loss, grads = jax.value_and_grad(functools.partial(_loss, graphdef))(state.params, frozen, batch,
+                                                                             dropout_rng)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = TrainState(params=params, opt_state=opt_state, step=state.step + 1)
@@ -78,7 +83,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, *,
 
     def train_step(state: TrainState, batch: Mapping, dropout_rng=None):
         with activation_mesh(mesh):  # JAX's mesh context: activations pinned, traced per mesh
-            return jitted_train_step(state, batch, dropout_rng)
+            return jitted_train_step(state, frozen, batch, dropout_rng)
 
     return state, train_step
 
@@ -114,7 +119,17 @@ def make_eval_step(model) -> Callable:
     return eval_step
 
 
-def model_from_state(model, state: TrainState):
-    """The model with the trained parameters of `state` (the structure of `model`)."""
-    graphdef, _ = nnx.split(model)
-    return nnx.merge(graphdef, state.params)
+def model_from_state(model, state: TrainState, trainable=None):
+    """The model with the trained parameters of `state` (the structure of `model`; `trainable` as
+    given to `make_train_step`)."""
+    graphdef, _, frozen = _split(model, trainable)
+    return nnx.merge(graphdef, state.params, *frozen)
+
+
+def _split(model, trainable):
+    """(graphdef, trained leaves, (the other leaves,) or ())."""
+    if trainable is None:
+        graphdef, params = nnx.split(model)
+        return graphdef, params, ()
+    graphdef, params, rest = nnx.split(model, trainable, ...)
+    return graphdef, params, (rest,)
