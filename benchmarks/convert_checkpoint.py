@@ -68,7 +68,8 @@ SEED = 0
 OVERHEAD_FACTOR = 1.5  # the claim: peak RSS < import baseline + 1.5 x largest tensor
 COMPARE_BLOCK_BYTES = 64 * 1024 * 1024  # rows compared at a time in the round-trip check
 SAMPLE_INTERVAL_S = 0.02
-QUICK_OVERRIDES = dict(num_hidden_layers=2, vocab_size=32000)  # base widths, ~0.2 GB: a smoke run
+QUICK_OVERRIDES = dict(num_hidden_layers=2, vocab_size=1000, hidden_size=64, num_attention_heads=4,
+                       intermediate_size=128)  # ~0.5 MB: a smoke run of every step
 MB = 1e6
 
 
@@ -131,11 +132,11 @@ def child_baseline_torch() -> dict:
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
 
 
-def child_ours(source: str, destination: str, to: str) -> dict:
+def child_ours(source: str, destination: str, to: str, workers: int | None = None) -> dict:
     from xlmr_jax.convert import convert_checkpoint
 
     started = time.perf_counter()
-    summary = convert_checkpoint(source, destination, to=to)
+    summary = convert_checkpoint(source, destination, to=to, workers=workers)
     seconds = time.perf_counter() - started
     return {"operation_s": seconds, "summary": summary, "xla_backend_initialised": xla_backend_initialised()}
 
@@ -339,16 +340,16 @@ def run_setup(args: argparse.Namespace, run_dir: Path, logs: Path) -> dict:
     return setup
 
 
-def run_round(index: int, run_dir: Path, logs: Path) -> tuple[dict, dict[str, Path]]:
+def run_round(index: int, run_dir: Path, logs: Path, workers: int | None) -> tuple[dict, dict[str, Path]]:
     """One conversion each, ours and theirs in turn, to fresh destinations."""
     source = run_dir / "source_hf"
     outputs = {"flax": run_dir / f"ours_flax_{index}", "round_trip": run_dir / f"ours_round_trip_hf_{index}",
                "transformers": run_dir / f"transformers_hf_{index}"}
     measured = {
         "ours_to_flax": measure("ours", logs, f"ours_to_flax_{index}", source=str(source),
-                                destination=str(outputs["flax"]), to="flax"),
+                                destination=str(outputs["flax"]), to="flax", workers=workers),
         "ours_to_pytorch": measure("ours", logs, f"ours_to_pytorch_{index}", source=str(outputs["flax"]),
-                                   destination=str(outputs["round_trip"]), to="pytorch"),
+                                   destination=str(outputs["round_trip"]), to="pytorch", workers=workers),
         "transformers": measure("transformers", logs, f"transformers_{index}", source=str(source),
                                 destination=str(outputs["transformers"])),
     }
@@ -364,7 +365,7 @@ def run_all(args: argparse.Namespace, run_dir: Path) -> dict:
     rounds, flax_checkpoint = [], None
     for index in range(args.repeats):
         print(f"round {index + 1}/{args.repeats}", flush=True)
-        measured, outputs = run_round(index, run_dir, logs)
+        measured, outputs = run_round(index, run_dir, logs, args.workers)
         if index == 0:
             flax_checkpoint = describe_checkpoint(str(outputs["flax"]))
             setup["verify_round_trip"] = measure("verify", logs, "verify_round_trip",
@@ -505,7 +506,8 @@ def source_paragraph(report: dict) -> str:
             f"{ckpt['tensors']} tensors, {mb(ckpt['file_bytes'])} MB, dtypes {', '.join(ckpt['dtypes'])}. "
             f"Largest tensor: `{largest['name']}` {largest['shape']} {largest['dtype']}, "
             f"**{mb(largest['bytes'])} MB**. Ours writes the Flax form as {', '.join(flax['files'])} "
-            f"({flax['tensors']} tensors, layers stacked).")
+            f"({flax['tensors']} tensors, layers stacked), with {report['workers']} worker thread(s) reading and "
+            "transposing while one writes (`convert_checkpoint(workers=...)`; 0: one thread does all).")
 
 
 def results_table(report: dict) -> list[str]:
@@ -639,8 +641,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default: the temp dir)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the source and the last round's outputs (default: all removed)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="threads of ours (convert_checkpoint(workers=...); default: its own, the available "
+                             "cores; 0: one thread)")
     parser.add_argument("--quick", action="store_true",
-                        help=f"base widths with {QUICK_OVERRIDES} (~0.2 GB), 1 round; a smoke check that "
+                        help=f"{QUICK_OVERRIDES} (~0.5 MB), 1 round; a smoke check that "
                              "prints the report and writes no results")
     args = parser.parse_args(argv)
     if args.quick:
@@ -650,7 +655,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="xlmr-convert-bench-", dir=args.workdir))
@@ -667,6 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     env["load_average_at_end"] = list(os.getloadavg())
     setup = run["setup"]
     report = {"benchmark": RESULTS_STEM, "command": command, "size": args.size, "quick": args.quick,
+              "workers": run["rounds"][0]["ours_to_flax"]["result"]["summary"].get("workers"),
               "repeats": args.repeats, "environment": env,
               "versions": {**setup["baseline_jax"]["result"]["versions"],
                            **setup["baseline_torch"]["result"]["versions"]},
@@ -680,15 +686,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print(markdown_report(report))
         print("--quick: results not written (the report above is what a full run writes)")
-        return 0
+        return report
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{RESULTS_STEM}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     (RESULTS_DIR / f"{RESULTS_STEM}.md").write_text(markdown_report(report))
     print(f"wrote {RESULTS_DIR / RESULTS_STEM}.{{json,md}}")
-    return 0
+    return report
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == CHILD_FLAG:
         sys.exit(child_main(sys.argv[2], sys.argv[3]))
-    sys.exit(main())
+    main()

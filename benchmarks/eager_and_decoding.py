@@ -97,14 +97,18 @@ def decoding(lengths: list[int], prompt: int = 8, batch: int = 4, repeats: int =
     return dict(config=DECODER, batch=batch, prompt=prompt, rows=rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--no-write", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="20 calls, cache lengths 64 and 256; writes nothing")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.calls, args.lengths, args.no_write = 20, [64, 256], True
     result = dict(
-        command="python " + " ".join(shlex.quote(a) for a in sys.argv),
+        command="python " + " ".join(shlex.quote(a) for a in
+                                     ["benchmarks/eager_and_decoding.py", *(sys.argv[1:] if argv is None else argv)]),
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         machine=f"{platform.processor() or platform.machine()}, jax {jax.__version__} on {jax.default_backend()}",
         eager=eager_vs_jit(args.calls), decoding=decoding(args.lengths),
@@ -133,6 +137,7 @@ def main() -> None:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "eager_and_decoding.json").write_text(json.dumps(result, indent=2) + "\n")
         (RESULTS / "eager_and_decoding.md").write_text("\n".join(lines) + "\n")
+    return result
 
 
 if __name__ == "__main__":

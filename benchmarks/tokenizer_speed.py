@@ -66,14 +66,15 @@ def synthetic_sentences(rng: random.Random, lexicon: list[str], count: int) -> l
     return sentences
 
 
-def train_benchmark_model(directory: Path, lexicon: list[str]) -> Path:
+def train_benchmark_model(directory: Path, lexicon: list[str], sentences: int = 30000,
+                          vocab_size: int = 32000) -> Path:
     corpus = directory / "corpus.txt"
-    corpus.write_text("\n".join(synthetic_sentences(random.Random(1), lexicon, 30000)), encoding="utf-8")
+    corpus.write_text("\n".join(synthetic_sentences(random.Random(1), lexicon, sentences)), encoding="utf-8")
     spm.SentencePieceTrainer.train(
         input=str(corpus),
         model_prefix=str(directory / "spm"),
         model_type="unigram",
-        vocab_size=32000,
+        vocab_size=vocab_size,
         hard_vocab_limit=False,
         normalization_rule_name="nmt_nfkc",
         byte_fallback=False,
@@ -185,13 +186,17 @@ def write_table(rows: list[dict], args: argparse.Namespace, model_note: str, com
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--texts", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="500 texts, 2 repeats, a model trained on 3000 sentences; prints, writes nothing")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.texts, args.repeats = 500, 2
 
     import transformers
 
@@ -199,7 +204,8 @@ def main() -> None:
     rng = random.Random(0)
     lexicon = synthetic_lexicon(rng)
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model_dir or train_benchmark_model(Path(scratch), lexicon)
+        model_dir = args.model_dir or (train_benchmark_model(Path(scratch), lexicon, 3000, 8000) if args.quick
+                                       else train_benchmark_model(Path(scratch), lexicon))
         ours = XLMRobertaTokenizer.from_pretrained(model_dir)
         reference = transformers.XLMRobertaTokenizer.from_pretrained(str(model_dir))
         model_note = f"vocabulary of {len(ours)} ids ({'given model' if args.model_dir else 'trained here'})"
@@ -209,11 +215,14 @@ def main() -> None:
             compare(name, mine, theirs, args.repeats)
             for name, mine, theirs in settings(ours, reference, texts, pairs)
         ]
-    command = "python " + " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    command = "python " + " ".join(["benchmarks/tokenizer_speed.py", *(sys.argv[1:] if argv is None else argv)])
     table = write_table(rows, args, model_note, command)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(table, encoding="utf-8")
+    if not args.quick:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(table, encoding="utf-8")
     print(table)
+    return {"benchmark": "tokenizer_speed", "command": command, "quick": args.quick, "texts": args.texts,
+            "repeats": args.repeats, "model": model_note, "rows": rows}
 
 
 if __name__ == "__main__":

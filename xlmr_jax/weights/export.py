@@ -11,6 +11,7 @@ class. Readable without this library:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -23,7 +24,8 @@ from xlmr_jax.atomic_files import write_json_atomic
 from xlmr_jax.staging import DestinationExistsError, staged_directory
 from xlmr_jax.weights import table
 from xlmr_jax.weights.checkpoint import FLAX_INDEX, FLAX_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
-from xlmr_jax.weights.safetensors_io import CHUNK_BYTES, PendingTensor, write_safetensors
+from xlmr_jax.weights.safetensors_io import CHUNK_BYTES, PartPrefetcher, PendingTensor, write_safetensors
+from xlmr_jax.weights.transpose import transposed_copy
 
 FLAX_FORMAT_VERSION = "1"
 DEFAULT_MAX_SHARD_SIZE = 5 * 1024**3
@@ -44,17 +46,30 @@ def parse_size(size: int | str) -> int:
     return int(value * scale)
 
 
-def _row_chunks(read: Callable, shape: tuple[int, ...], itemsize: int, index_prefix: tuple = ()):
-    """Yield a leaf (or one layer of it) in blocks of leading-axis rows of at most CHUNK_BYTES."""
-    def chunks():
+def _row_parts(read: Callable, shape: tuple[int, ...], itemsize: int, index_prefix: tuple = ()):
+    """A leaf (or one layer of it) as parts of leading-axis rows of at most CHUNK_BYTES each."""
+    def parts():
         if not shape:
-            yield read(index_prefix)
-            return
+            return [lambda: read(index_prefix)]
         row_bytes = max(int(np.prod(shape[1:], dtype=np.int64)) * itemsize, 1)
         step = max(CHUNK_BYTES // row_bytes, 1)
-        for start in range(0, shape[0], step):
-            yield read((*index_prefix, slice(start, min(start + step, shape[0]))))
-    return chunks
+        return [lambda start=start: read((*index_prefix, slice(start, min(start + step, shape[0]))))
+                for start in range(0, shape[0], step)]
+    return parts
+
+
+def _transposed_parts(read: Callable, shape: tuple[int, ...], itemsize: int, index_prefix: tuple = ()):
+    """The weight (out, in) of a kernel (in, out) = `shape[::-1]`, as parts of output rows: each part
+    reads a block of the kernel's columns and transposes it, so no part passes ~CHUNK_BYTES."""
+    rows, columns = shape[1], shape[0]  # of the output
+    step = max(CHUNK_BYTES // max(columns * itemsize, 1), 1)
+
+    def parts():
+        if step >= rows:  # one part: read whole, one contiguous read
+            return [lambda: transposed_copy(read(index_prefix))]
+        return [lambda start=start: transposed_copy(read((*index_prefix, slice(None), slice(start, min(start + step, rows)))))
+                for start in range(0, rows, step)]
+    return parts
 
 
 def flax_tensors(source, dtype: np.dtype | None = None) -> list[PendingTensor]:
@@ -66,7 +81,7 @@ def flax_tensors(source, dtype: np.dtype | None = None) -> list[PendingTensor]:
             return source.read(path, index).astype(out_dtype, copy=False)
 
         tensors.append(PendingTensor(".".join(leaf.path), out_dtype, leaf.shape,
-                                     _row_chunks(read, leaf.shape, out_dtype.itemsize)))
+                                     _row_parts(read, leaf.shape, out_dtype.itemsize)))
     return tensors
 
 
@@ -95,17 +110,11 @@ def _pytorch_tensor(source, path, name, rule, layer, shape, out_dtype) -> Pendin
         return (data[0] if layer is not None else data).astype(out_dtype, copy=False)
 
     if rule.transform == table.TRANSPOSE:
-        # A kernel (in, out) becomes the weight (out, in): read whole (one layer of one linear), transpose.
-        def transposed():
-            yield np.ascontiguousarray(read(layer_index).T)
-
-        return PendingTensor(name, out_dtype, tuple(shape[::-1]), transposed)
+        return PendingTensor(name, out_dtype, tuple(shape[::-1]),
+                             _transposed_parts(read, tuple(shape), out_dtype.itemsize, layer_index))
     if layer is not None:
-        def one_layer():
-            yield read(layer_index)
-
-        return PendingTensor(name, out_dtype, tuple(shape), one_layer)
-    return PendingTensor(name, out_dtype, tuple(shape), _row_chunks(read, shape, out_dtype.itemsize))
+        return PendingTensor(name, out_dtype, tuple(shape), lambda: [lambda: read(layer_index)])
+    return PendingTensor(name, out_dtype, tuple(shape), _row_parts(read, shape, out_dtype.itemsize))
 
 
 def _shard(tensors: list[PendingTensor], max_shard_size: int) -> list[list[PendingTensor]]:
@@ -131,13 +140,17 @@ def write_checkpoint(
     overwrite: bool = False,
     on_tensor: Callable[[PendingTensor], None] | None = None,
     extra_files: dict[str, str] | None = None,
+    workers: int = 0,
 ) -> dict:
     """Write a checkpoint directory all-or-nothing (`xlmr_jax.staging`): everything goes to a staging
     directory beside the destination, renamed into place only when complete (a failed or interrupted
-    write leaves the destination as it was). An existing destination is refused unless `overwrite`."""
+    write leaves the destination as it was). An existing destination is refused unless `overwrite`.
+    `workers` > 0 threads compute the next parts while this one writes (`PartPrefetcher`)."""
     weights_name, index_name = (FLAX_WEIGHTS, FLAX_INDEX) if format == "flax" else (SAFE_WEIGHTS, SAFE_INDEX)
     started = time.perf_counter()
-    with staged_directory(directory, overwrite=overwrite) as staging:
+    with staged_directory(directory, overwrite=overwrite) as staging, contextlib.ExitStack() as stack:
+        if workers > 0:
+            tensors = stack.enter_context(PartPrefetcher(tensors, workers)).tensors()
         shards = _shard(tensors, parse_size(max_shard_size))
         weight_map, total = {}, 0
         stem, ext = weights_name.rsplit(".", 1)

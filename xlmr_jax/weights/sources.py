@@ -12,8 +12,10 @@ import jax
 import numpy as np
 from flax import nnx
 
+from xlmr_jax.weights import table
 from xlmr_jax.weights.checkpoint import Checkpoint
 from xlmr_jax.weights.load import LeafPlan, read_leaf_slice
+from xlmr_jax.weights.transpose import transposed_copy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,4 +65,21 @@ class CheckpointSource:
         plan = self._plans[path]
         if plan.rule is None:
             return np.asarray(self._initialised[path][index]).astype(plan.dtype)
+        kernel_ndim = len(plan.shape) - (1 if plan.rule.stacked else 0)
+        if plan.rule.transform == table.TRANSPOSE and kernel_ndim == 2:
+            return self._read_transposed(plan, index)
         return read_leaf_slice(self._checkpoint, plan, index)
+
+    def _read_transposed(self, plan: LeafPlan, index: tuple[slice, ...]) -> np.ndarray:
+        """`read_leaf_slice` for kernels, with the tiled transpose (same values, several times faster)."""
+        index = tuple(index) + (slice(None),) * (len(plan.shape) - len(index))
+        if not plan.rule.stacked:
+            return transposed_copy(self._checkpoint.read(plan.sources[None], index[::-1]), dtype=plan.dtype)
+        layers = range(plan.shape[0])[index[0]]
+        kernel = index[1:]
+        shape = (len(layers), *(len(range(n)[s]) for n, s in zip(plan.shape[1:], kernel, strict=True)))
+        out = np.empty(shape, plan.dtype)
+        for row, layer in enumerate(layers):
+            transposed_copy(self._checkpoint.read(plan.sources[layer], kernel[::-1]), out=out[row])
+        return out
+
