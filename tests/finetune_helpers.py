@@ -4,7 +4,7 @@ Checkpoints: a reference model of the demo checkpoint's size and vocabulary (eve
 LayerNorm and biases too, so parity exercises each one), saved by `transformers` with the demo's
 sentencepiece tokenizer beside it. Data: small tasks whose answer is a rule the test states (a
 label decided by which words occur, tags on a class of words, an answer span after a marker
-word, the ending that repeats the context's colour), written as the files a user would give.
+word, the ending that repeats the context's keyword), written as the files a user would give.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ FILLER = ("the", "a", "house", "river", "music", "stone", "window", "paper", "ga
           "water", "story", "people", "morning", "friend", "market", "road", "bread", "letter")
 GOOD, BAD = ("great", "lovely", "wonderful"), ("awful", "terrible", "boring")
 CITIES = ("Paris", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Oslo", "Prague")
-COLOURS = ("red", "blue", "green", "yellow")
+# Single pieces in the demo vocabulary: the ending that repeats one is a matter of one token.
+CHOICE_WORDS = ("Cancel", "Delete", "Filter", "Image")
 
 
 def make_checkpoint(directory, arch: str, *, seed: int = 0, **config_overrides) -> str:
@@ -96,16 +97,16 @@ def qa_records(count: int, seed: int) -> list[dict]:
 
 
 def choice_records(count: int, seed: int) -> list[dict]:
-    """SWAG-like: the right ending names the colour that `sent1` names."""
+    """SWAG-like: the right ending names the keyword that `sent1` names."""
     rng = np.random.default_rng(seed)
     records = []
     for _ in range(count):
-        colours = [str(c) for c in rng.permutation(COLOURS)]
+        words = [str(c) for c in rng.permutation(CHOICE_WORDS)]
         label = int(rng.integers(0, 4))
-        right = colours[label]
+        right = words[label]
         record = {"sent1": f"{' '.join(_words(rng, 2, 5))} {right}", "sent2": "so it was",
                   "label": label}
-        for j, colour in enumerate(colours):
-            record[f"ending{j}"] = f"{colour} {' '.join(_words(rng, 1, 3))}"
+        for j, word in enumerate(words):
+            record[f"ending{j}"] = f"{word} {' '.join(_words(rng, 1, 3))}"
         records.append(record)
     return records

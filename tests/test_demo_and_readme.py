@@ -1,4 +1,5 @@
-"""The README's example runs as written; the main job passes; the shipped checkpoint is reproducible."""
+"""The README's example runs as written; the main job passes; the tiny parity checkpoint is reproducible
+(the trained demo model's own checks are in test_demo_model.py)."""
 
 import filecmp
 import os
@@ -6,7 +7,8 @@ import re
 
 import xlmr_jax
 from xlmr_jax.cli import main as cli_main
-from xlmr_jax.demo import TINY_CHECKPOINT
+from xlmr_jax.demo import DEMO_CHECKPOINT, TINY_CHECKPOINT
+from xlmr_jax.demo.examples import FILL_MASK, SIMILARITY_PAIRS
 from xlmr_jax.demo.make_checkpoint import main as make_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,9 +26,17 @@ def test_readme_examples_run():
         exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - running our own README
 
 
-def test_main_job_reports_parity(capsys):
+def test_main_job_reports_predictions_and_parity(capsys):
     assert cli_main(["demo"]) == 0
     out = capsys.readouterr().out
+    assert f"checkpoint {DEMO_CHECKPOINT}" in out
+    for language, text, _ in FILL_MASK:  # one fill-mask line per language, with its top 5
+        line = next(line for line in out.splitlines() if line.startswith(f"  {language}  {text}"))
+        assert len(re.findall(r" \d\.\d\d(?:,|$)", line)) == 5, line
+    assert "vs transformers.pipeline('fill-mask'): same top-5 tokens: True" in out
+    assert out.count("related ") == len(SIMILARITY_PAIRS)
+    assert "vs transformers (mean of XLMRobertaModel's last hidden states over real tokens)" in out
+    assert "FAIL" not in out
     assert "tokenizer ids equal to the reference's: True" in out
     assert "parity OK: 9 outputs of 7 models" in out and "converted back bit-exact" in out
     assert out.count("  yes") == 9  # every Flax -> HF round trip bit-exact
@@ -55,3 +65,5 @@ def test_main_job_without_transformers_still_converts_and_runs(monkeypatch, caps
     out = capsys.readouterr().out
     assert out.count("(transformers not installed)") == 9
     assert "tokenizer ids equal" not in out
+    assert "vs transformers.pipeline" not in out and "vs transformers (mean" not in out
+    assert "the masked word is among the top 5" in out and out.count("related ") == len(SIMILARITY_PAIRS)

@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run every model on a small checkpoint and report parity with transformers"
     )
-    demo.add_argument("--checkpoint", help="an HF XLM-R checkpoint directory (default: the tiny one shipped)")
+    demo.add_argument("--checkpoint", help="an HF XLM-R checkpoint directory (default: the trained mini model shipped)")
     demo.add_argument("--text", action="append", help="a sentence to run (repeat for several)")
 
     convert = commands.add_parser(

@@ -1,5 +1,5 @@
-"""Multilingual text the demo checkpoint's sentencepiece model is trained on (written here, so the
-asset can be rebuilt with nothing downloaded)."""
+"""Multilingual text the tiny parity checkpoint's sentencepiece model is trained on (written here, so
+the asset can be rebuilt with nothing downloaded)."""
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -22,11 +22,4 @@ SENTENCES = [
     "Machine translation helps people read news in many languages.",
     "La traduction automatique aide les gens à lire les nouvelles.",
     "Maschinelle Übersetzung hilft Menschen, Nachrichten zu lesen.",
-]
-
-DEMO_SENTENCES = [
-    "Paris is the capital of <mask>.",
-    "Berlin ist die Hauptstadt von Deutschland.",
-    "Москва — столица России.",
-    "東京は日本の首都です。",
 ]

@@ -1,8 +1,12 @@
-"""`xlmr-jax demo`: every model of the library on a small HF checkpoint, next to the reference.
+"""`xlmr-jax demo`: what the trained demo model predicts, then every model of the library on its
+checkpoint, next to the reference.
 
-For each of the seven models, the reference (`transformers`, when installed) builds the model
-from the checkpoint and saves it; we convert that PyTorch checkpoint to our Flax format, load the
-Flax files, run both on the same padded batch and print max |diff| at non-pad positions, then
+First, through the pipelines: `fill-mask` on one sentence per language (the top predictions for the
+masked word), and `sentence-embeddings` (mean pooling) on related and unrelated sentence pairs, each
+compared with the reference (`transformers.pipeline("fill-mask")`; the mean of its encoder's last
+hidden states) when it is installed. Then, for each of the seven models, the reference builds the
+model from the checkpoint and saves it; we convert that PyTorch checkpoint to our Flax format, load
+the Flax files, run both on the same padded batch and print max |diff| at non-pad positions, then
 convert the Flax files back and check them bit for bit against the reference's. Without
 `transformers`, the checkpoint itself is converted and our models run alone.
 """
@@ -13,13 +17,14 @@ import dataclasses
 import importlib.util
 import os
 import tempfile
+import unicodedata
 
 import jax
 import numpy as np
 
 import xlmr_jax
 from xlmr_jax.convert import convert_checkpoint
-from xlmr_jax.demo.corpus import DEMO_SENTENCES
+from xlmr_jax.demo.examples import FILL_MASK, PARITY_SENTENCES, SIMILARITY_PAIRS
 
 PARITY_TOLERANCE = 1e-5
 
@@ -93,13 +98,13 @@ def reference_checkpoint(arch: str, changes: dict, checkpoint: str, directory: s
 
 
 def run_demo(checkpoint: str, sentences: list[str]) -> list[Row]:
-    has_reference = importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch")
+    reference = has_reference()
     tokenizer, ids, mask = encode(checkpoint, sentences)
     print(f"checkpoint: {checkpoint}")
     print(f"devices: {jax.devices()}")
     for sentence, row in zip(sentences, ids, strict=True):
         print(f"  {sentence!r} -> {tokenizer.convert_ids_to_tokens([int(i) for i in row if i != 1])}")
-    if has_reference:
+    if reference:
         check_tokenizer(checkpoint, sentences, ids)
     rows = []
     for arch, changes, fields in MODELS:
@@ -107,7 +112,7 @@ def run_demo(checkpoint: str, sentences: list[str]) -> list[Row]:
         with tempfile.TemporaryDirectory() as tmp:
             hf_dir, flax_dir, back_dir = (os.path.join(tmp, name) for name in ("hf", "flax", "hf-again"))
             expected = None
-            if has_reference:
+            if reference:
                 import torch
 
                 ref = reference_checkpoint(arch, changes, checkpoint, hf_dir)
@@ -173,16 +178,99 @@ def print_table(rows: list[Row]) -> None:
         print(f"{row.model:<38} {row.output:<18} {row.shape!s:<16} {diff:>26}  {exact:>20}{flag}")
 
 
+def padded(text: str, width: int) -> str:
+    """`text` left-aligned in `width` terminal columns (CJK characters take two)."""
+    columns = sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+    return text + " " * max(0, width - columns)
+
+
+def quiet_reference() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def has_reference() -> bool:
+    return bool(importlib.util.find_spec("transformers") is not None and importlib.util.find_spec("torch"))
+
+
+def show_fill_mask(checkpoint: str) -> bool:
+    """Top-5 predictions for each FILL_MASK sentence; False when the reference's pipeline differs."""
+    fill = xlmr_jax.pipeline("fill-mask", checkpoint, top_k=5)
+    texts = [text for _, text, _ in FILL_MASK]
+    ours = fill(texts)
+    print(f"fill-mask (pipeline, top 5; * marks the word that was masked): checkpoint {checkpoint}")
+    right = 0
+    for (language, text, word), predictions in zip(FILL_MASK, ours, strict=True):
+        words = [p["token_str"].strip() for p in predictions]
+        right += word in words
+        shown = ", ".join(f"{w or repr(p['token_str'])}{'*' if w == word else ''} {p['score']:.2f}"
+                          for w, p in zip(words, predictions, strict=True))
+        print(f"  {language}  {padded(text, 38)} {shown}")
+    print(f"  the masked word is among the top 5 in {right} of {len(FILL_MASK)} languages")
+    if not has_reference():
+        return True
+    import transformers
+
+    quiet_reference()
+    reference = transformers.pipeline("fill-mask", model=checkpoint, top_k=5)(texts)
+    same_tokens = all([p["token"] for p in a] == [p["token"] for p in b] for a, b in zip(ours, reference, strict=True))
+    diff = max(abs(p["score"] - q["score"]) for a, b in zip(ours, reference, strict=True) for p, q in zip(a, b))
+    ok = same_tokens and diff <= PARITY_TOLERANCE
+    print(f"  vs transformers.pipeline('fill-mask'): same top-5 tokens: {same_tokens}, "
+          f"max |score diff| {diff:.2e}{'' if ok else '  FAIL'}")
+    return ok
+
+
+def show_similarity(checkpoint: str) -> bool:
+    """Cosine similarity of SIMILARITY_PAIRS' mean-pooled embeddings; False when the reference's differ."""
+    embed = xlmr_jax.pipeline("sentence-embeddings", checkpoint)
+    texts = list(dict.fromkeys(text for pair in SIMILARITY_PAIRS for text in pair[:2]))
+    vectors = dict(zip(texts, embed(texts), strict=True))
+    print("\nsentence-embeddings (pipeline, mean pooling): cosine similarity")
+    for first, second, related in SIMILARITY_PAIRS:
+        a, b = vectors[first], vectors[second]
+        cosine = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+        print(f"  {'related  ' if related else 'unrelated'} {cosine:6.3f}  {first!r} / {second!r}")
+    if not has_reference():
+        return True
+    reference = reference_mean_pooled(checkpoint, texts)
+    diff = float(np.abs(np.stack([vectors[t] for t in texts]) - reference).max())
+    ok = diff <= PARITY_TOLERANCE
+    print(f"  vs transformers (mean of XLMRobertaModel's last hidden states over real tokens): "
+          f"max |diff| {diff:.2e}{'' if ok else '  FAIL'}")
+    return ok
+
+
+def reference_mean_pooled(checkpoint: str, texts: list[str]) -> np.ndarray:
+    import torch
+    import transformers
+
+    quiet_reference()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
+    model = transformers.XLMRobertaModel.from_pretrained(checkpoint, add_pooling_layer=False).eval()
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].to(states.dtype)
+    return ((states * mask).sum(1) / mask.sum(1)).numpy()
+
+
 def main(checkpoint: str | None = None, sentences: list[str] | None = None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")
-    checkpoint = checkpoint or xlmr_jax.demo.TINY_CHECKPOINT
+    checkpoint = checkpoint or xlmr_jax.demo.DEMO_CHECKPOINT
     if not os.path.isdir(checkpoint):
         raise SystemExit(f"checkpoint directory not found: {checkpoint}")
-    rows = run_demo(checkpoint, sentences or DEMO_SENTENCES)
+    pipelines_ok = show_fill_mask(checkpoint)
+    pipelines_ok = show_similarity(checkpoint) and pipelines_ok
+    print()
+    rows = run_demo(checkpoint, sentences or PARITY_SENTENCES)
     print_table(rows)
     failed = [row for row in rows if not row.ok]
-    if failed:
-        print(f"\nparity FAILED for {len(failed)} output(s) (tolerance {PARITY_TOLERANCE:g})")
+    if failed or not pipelines_ok:
+        print(f"\nparity FAILED for {len(failed)} output(s) (tolerance {PARITY_TOLERANCE:g})"
+              + ("" if pipelines_ok else " and for the pipelines (see above)"))
         return 1
     compared = sum(row.max_abs_diff is not None for row in rows)
     if compared:
