@@ -200,7 +200,8 @@ def test_not_right_padded_takes_the_mask(name, batch_mask, kind):
     mask = masks_of(batch_mask)[kind]
     expected = jax.nn.dot_product_attention(q, k, v, mask=mask.dense, scale=1 / np.sqrt(q.shape[-1]),
                                             implementation="xla")
-    np.testing.assert_array_equal(jax.jit(fused_as_xla)(mask, q, k, v), expected)
+    # jitted guard vs an eager call: two programs, so a tolerance (another CPU may fuse differently)
+    np.testing.assert_allclose(jax.jit(fused_as_xla)(mask, q, k, v), expected, atol=1e-6, rtol=0)
 
 
 def test_gradients_through_the_guarded_call():
@@ -293,7 +294,8 @@ def test_model_on_pretended_cuda_stages_cudnn_and_keeps_cpu_numbers(pretend_cuda
     with ac.attention_implementation("xla"):
         plain = make_forward()(state, ids, mask)
     assert {c["implementation"] for c in pretend_cuda} == {"xla"}
-    np.testing.assert_array_equal(np.asarray(staged, np.float32), np.asarray(plain, np.float32))
+    # two programs (the staged cuDNN call runs as XLA on CPU): bf16 outputs within a bf16 step
+    np.testing.assert_allclose(np.asarray(staged, np.float32), np.asarray(plain, np.float32), atol=2e-2, rtol=0)
 
 
 def test_decoding_with_cache_and_fp32_keep_xla(pretend_cuda):
