@@ -342,14 +342,11 @@ def _seconds(call) -> float:
 
 # == machine ========================================================================================
 def processor() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The processor's model name; one definition, in compile_time.py (a stdlib-only import)."""
+    sys.path.insert(0, str(BENCHMARKS_DIR))
+    from compile_time import processor as model_name
+
+    return model_name()
 
 
 def gpu_name() -> str | None:
