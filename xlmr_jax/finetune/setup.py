@@ -61,18 +61,23 @@ class Run:
         return self.place(batch), tokens
 
     def lm_inputs(self, batch: dict[str, np.ndarray], *, seed_parts: tuple[int, int]) -> dict[str, np.ndarray]:
-        """Masked-LM: masks drawn from (seed, process, split, index), so a resumed run draws the same;
-        causal LM: labels are the inputs (the model shifts them), padding ignored."""
+        """Masked-LM: masks drawn from (seed, process, split, index), so a resumed run draws the same,
+        with the model's `masked_positions` (the vocabulary projection runs only where a token is
+        masked) and the labels at them; causal LM: labels are the inputs (the model shifts them),
+        padding ignored."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if self.config.task == "causal-lm":
             return dict(batch, labels=np.where(mask.astype(bool), ids, -100).astype(np.int32))
-        from xlmr_jax.training.masking import mask_tokens
+        from xlmr_jax.training.masking import mask_tokens, masked_positions, prediction_width
 
         special = np.isin(ids, self.tokenizer.all_special_ids) | ~mask.astype(bool)
         rng = np.random.default_rng([self.config.seed, jax.process_index(), *seed_parts])
+        width = prediction_width(ids.shape[1], self.config.mlm_probability)
         masked, labels = mask_tokens(ids, special, mask_token_id=self.tokenizer.mask_token_id,
-                                     vocab_size=self.vocab_size, rng=rng, probability=self.config.mlm_probability)
-        return dict(batch, input_ids=masked, labels=labels)
+                                     vocab_size=self.vocab_size, rng=rng, probability=self.config.mlm_probability,
+                                     max_predictions=width)
+        positions, labels = masked_positions(labels, width)
+        return dict(batch, input_ids=masked, labels=labels, masked_positions=positions)
 
     def eval_batches(self):
         from xlmr_jax.finetune.batches import BatchIterator

@@ -37,19 +37,26 @@ class _LMBase(PreTrainedMixin, nnx.Module):
         # Returned in the compute dtype; the loss takes the float32 ones, never these rounded ones.
         return logits32.astype(self.dtype)
 
-    def _check_token_labels(self, labels, inputs: dict, *, first_is_target: bool = True):
-        """Labels (batch, length) of class ids in [0, vocab) or -100, checked before any compute."""
+    def _check_token_labels(self, labels, inputs: dict, *, first_is_target: bool = True, shape=None):
+        """Labels (batch, length) of class ids in [0, vocab) or -100, checked before any compute
+        (`shape`: another expected shape, (batch, predictions) with `masked_positions`)."""
         if labels is None:
             return None
         source = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
-        labels = v.check_labels("labels", labels, [source.shape[:2]], integer=True)
+        labels = v.check_labels("labels", labels, [shape or source.shape[:2]], integer=True)
         targets = labels if first_is_target else labels[:, 1:]
         losses.check_label_values("labels", targets, self.config.vocab_size, losses.IGNORE_INDEX)
         return labels
 
 
 class XLMRobertaForMaskedLM(_LMBase):
-    """Masked LM: logits over the vocabulary; `labels` (-100 = ignored) give the MLM loss."""
+    """Masked LM: logits over the vocabulary; `labels` (-100 = ignored) give the MLM loss.
+
+    `masked_positions` (batch, predictions), an addition to the reference's signature: the vocabulary
+    projection runs only at these positions (-1 = none, filling a row up to the static width), and
+    `logits` and `labels` are (batch, predictions). Training needs logits only where tokens are
+    masked (~15%), and the projection onto the vocabulary is the largest matmul of a small model:
+    BERT's pretraining gathered the same way (its max_predictions_per_seq)."""
 
     hf_architecture = "XLMRobertaForMaskedLM"
 
@@ -61,6 +68,7 @@ class XLMRobertaForMaskedLM(_LMBase):
         position_ids=None,
         labels=None,
         *,
+        masked_positions=None,
         inputs_embeds=None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -70,15 +78,30 @@ class XLMRobertaForMaskedLM(_LMBase):
         inputs = self.roberta.check_inputs(input_ids=input_ids, attention_mask=attention_mask,
                                            token_type_ids=token_type_ids, position_ids=position_ids,
                                            inputs_embeds=inputs_embeds)
-        inputs["labels"] = self._check_token_labels(labels, inputs)
+        source = inputs["input_ids"] if inputs["input_ids"] is not None else inputs["inputs_embeds"]
+        if masked_positions is not None:
+            masked_positions = v.check_integer("masked_positions", masked_positions, rank=2)
+            if masked_positions.shape[0] != source.shape[0]:
+                raise ValueError(f"masked_positions: expected batch {source.shape[0]} (the inputs'), "
+                                 f"got shape {tuple(masked_positions.shape)}")
+            v.check_range("masked_positions", masked_positions, -1, source.shape[1])
+            inputs["masked_positions"] = masked_positions
+        inputs["labels"] = self._check_token_labels(
+            labels, inputs, shape=None if masked_positions is None else masked_positions.shape)
         options = dict(output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                        deterministic=deterministic)
         return compiled.run(self, XLMRobertaForMaskedLM.forward, {**inputs, "dropout_rng": dropout_rng}, options)
 
-    def forward(self, *, labels=None, dropout_rng=None, **inputs) -> MaskedLMOutput:
+    def forward(self, *, labels=None, masked_positions=None, dropout_rng=None, **inputs) -> MaskedLMOutput:
         """The computation of `__call__` on checked inputs (keyword arguments of `XLMRobertaModel.forward`)."""
         out = self.roberta.forward(**inputs, dropout_rng=fold_key(dropout_rng, 0))
-        logits = self.logits(out.last_hidden_state)
+        hidden = out.last_hidden_state
+        if masked_positions is not None:
+            gather_at = jnp.maximum(masked_positions, 0)[..., None]  # -1 (no position) reads row 0, ignored
+            hidden = jnp.take_along_axis(hidden, gather_at, axis=1)
+            if labels is not None:
+                labels = jnp.where(masked_positions >= 0, labels, losses.IGNORE_INDEX)
+        logits = self.logits(hidden)
         loss = None if labels is None else losses.cross_entropy(logits, labels)
         return MaskedLMOutput(logits=self._output_logits(logits), loss=loss, hidden_states=out.hidden_states,
                               attentions=out.attentions)

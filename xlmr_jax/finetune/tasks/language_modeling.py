@@ -7,7 +7,7 @@ rather than dropping it as run_mlm does). Without it every line is one row, trun
 `max_length`. Blank lines are skipped, as the reference does.
 
 Masked-LM features hold only `input_ids`/`attention_mask`: the loop masks each batch anew
-(`mask_batch`, the reference collator's 80/10/10 recipe in training/masking.py). Causal-LM labels
+(`Run.lm_inputs`, the reference collator's 80/10/10 recipe in training/masking.py). Causal-LM labels
 are the input ids (padding -100); the model shifts them (position t predicts t + 1).
 
 Evaluation is the loop's (the loss and perplexity over the validation rows): `evaluate` returns {}.
@@ -24,7 +24,6 @@ import numpy as np
 from xlmr_jax.finetune.features import IGNORE_INDEX, FeatureSet, check_max_length, token_lengths
 from xlmr_jax.finetune.records import EmptyDataError, text_column, where
 from xlmr_jax.finetune.tasks import Split, TaskBase
-from xlmr_jax.training.masking import mask_tokens
 
 
 class _LanguageModelingTask(TaskBase):
@@ -63,15 +62,6 @@ class _LanguageModelingTask(TaskBase):
 class MaskedLanguageModelingTask(_LanguageModelingTask):
     name = "masked-lm"
     model_class_name = "XLMRobertaForMaskedLM"
-
-    def mask_batch(self, batch: Mapping[str, np.ndarray], rng: np.random.Generator, tokenizer) -> dict[str, np.ndarray]:
-        """`input_ids` with `mlm_probability` of the tokens masked, and their `labels` (-100 elsewhere);
-        `<s>`, `</s>` and padding are never chosen."""
-        input_ids = np.asarray(batch["input_ids"])
-        special = np.isin(input_ids, [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id])
-        masked, labels = mask_tokens(input_ids, special, mask_token_id=tokenizer.mask_token_id,
-                                     vocab_size=len(tokenizer), rng=rng, probability=self.options.mlm_probability)
-        return {**batch, "input_ids": masked, "labels": labels}
 
 
 class CausalLanguageModelingTask(_LanguageModelingTask):
