@@ -57,7 +57,7 @@ def test_skipping_non_finite_updates_keeps_the_parameters_finite(setup, tmp_path
 
 
 def test_bad_input_leaves_an_existing_output_as_it_was(setup, tmp_path):
-    root, config = setup
+    _root, config = setup
     output = tmp_path / "out"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
@@ -88,7 +88,7 @@ def test_the_command_line_reports_a_user_error_in_one_line(setup, tmp_path, caps
 
 
 def test_the_command_line_trains_and_exports(setup, tmp_path, capsys):
-    root, config = setup
+    _root, config = setup
     code = main(["finetune", "--task", "text-classification", "--model", config.model, "--train-file",
                  config.train_file, "--validation-file", config.train_file, "--output", str(tmp_path / "out"),
                  "--max-length", "64", "--batch-size", "8", "--max-steps", "2", "--mesh", "none", "--no-progress"])

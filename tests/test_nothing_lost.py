@@ -1,7 +1,7 @@
 """Nothing the user had is lost: a destination that is, holds or lies in the source is refused
 (through symlinks too), outputs are replaced only once complete, interrupted writes leave no
-half-written directory and their leftovers are cleaned by the next run, and train-mlm checks
-everything before its first step."""
+half-written directory and their leftovers are cleaned by the next run, and train-mlm (finetune
+--task masked-lm) checks everything before writing and keeps what finetune promises to keep."""
 
 import fcntl
 import os
@@ -134,7 +134,13 @@ def test_tokenizer_save_to_a_new_directory_is_all_or_nothing(tmp_path, monkeypat
     assert sorted(os.path.basename(p) for p in written) == sorted(os.listdir(tmp_path / "tok"))
 
 
-# -- train-mlm --------------------------------------------------------------------------------------
+# -- train-mlm (the alias of finetune --task masked-lm) ------------------------------------------
+# What finetune promises for OUTPUT (xlmr_jax/finetune/run_directory.py): every input and the output's
+# place are checked before anything is written, so a failed check leaves an earlier OUTPUT as it was,
+# even with --overwrite. Once they all check out, --overwrite removes the earlier run and OUTPUT is the
+# live run directory: an interrupted run leaves its checkpoints there for --resume, not the earlier
+# run. Only model/ is staged and renamed into place when complete: a failed export leaves no partial
+# model/ and an earlier model/ as it was.
 
 @pytest.fixture
 def text_file(tmp_path):
@@ -152,12 +158,15 @@ def earlier_output(tmp_path):
 
 
 def train(checkpoint, text, out, *more) -> int:
-    return cli_main(["train-mlm", str(checkpoint), str(text), str(out), "--steps", "2", "--batch-size", "8",
-                     "--max-length", "16", *more])
+    return cli_main(["train-mlm", str(checkpoint), str(text), str(out), "--steps", "2", "--max-length", "16",
+                     "--mesh", "none", "--no-progress", *more])
 
 
-@pytest.mark.parametrize("problem", ["missing checkpoint", "empty text", "batch size 0", "batch size -4",
-                                     "log every 0", "max length 2"])
+def disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("problem", ["missing checkpoint", "empty text", "batch size 0", "max length 2"])
 def test_train_mlm_checks_everything_before_touching_the_output(problem, tmp_path, text_file, earlier_output,
                                                                 capsys):
     checkpoint, more = TINY_CHECKPOINT, ["--overwrite"]
@@ -166,9 +175,7 @@ def test_train_mlm_checks_everything_before_touching_the_output(problem, tmp_pat
     elif problem == "empty text":
         text_file.write_text("\n \n", encoding="utf-8")
     else:
-        flag, value = {"batch size 0": ("--batch-size", "0"), "batch size -4": ("--batch-size", "-4"),
-                       "log every 0": ("--log-every", "0"), "max length 2": ("--max-length", "2")}[problem]
-        more += [flag, value]
+        more += {"batch size 0": ["--batch-size", "0"], "max length 2": ["--max-length", "2"]}[problem]
     before = snapshot(earlier_output)
     assert train(checkpoint, text_file, earlier_output, *more) == 2
     err = capsys.readouterr().err
@@ -184,53 +191,66 @@ def test_train_mlm_refuses_an_output_that_holds_its_checkpoint(tmp_path, text_fi
     assert snapshot(tmp_path / "cont") == before
 
 
-def test_train_mlm_learns_before_step_1_that_the_output_cannot_be_written(tmp_path, text_file, capsys, caplog):
+def test_train_mlm_learns_before_loading_the_model_that_the_output_cannot_be_written(tmp_path, text_file, capsys,
+                                                                                      monkeypatch):
+    import xlmr_jax
+
+    class NotToBeLoaded:
+        @classmethod
+        def from_pretrained(cls, *args, **kwargs):
+            raise AssertionError("the model was loaded before the output's place was checked")
+
+    monkeypatch.setattr(xlmr_jax, "XLMRobertaForMaskedLM", NotToBeLoaded)
     (tmp_path / "a-file").write_text("not a directory")  # root writes anywhere; this fails for root too
     assert train(TINY_CHECKPOINT, text_file, tmp_path / "a-file" / "run") == 2
-    assert "cannot write beside" in capsys.readouterr().err
-    assert "step 1/" not in caplog.text  # refused before any training
+    assert f"{tmp_path / 'a-file'} is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "a-file").read_text() == "not a directory"
 
 
-@pytest.mark.parametrize("failure", ["interrupted", "disk full"])
-def test_train_mlm_leaves_the_earlier_output_when_it_fails(failure, tmp_path, text_file, earlier_output,
-                                                           monkeypatch):
-    if failure == "interrupted":  # Ctrl-C during the second step
-        from xlmr_jax.training import steps
+def test_train_mlm_interrupted_leaves_its_run_to_resume(tmp_path, text_file, earlier_output, monkeypatch, capsys):
+    from xlmr_jax.training import steps
 
-        real_make = steps.make_train_step
+    real_make = steps.make_train_step
 
-        def make_interrupted(*args, **kwargs):
-            state, step = real_make(*args, **kwargs)
-            calls = []
+    def make_interrupted(*args, **kwargs):  # Ctrl-C during the second step
+        state, step = real_make(*args, **kwargs)
+        calls = []
 
-            def interrupted(*a, **k):
-                calls.append(1)
-                if len(calls) == 2:
-                    raise KeyboardInterrupt
-                return step(*a, **k)
+        def interrupted(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return step(*a, **k)
 
-            return state, interrupted
+        return state, interrupted
 
-        monkeypatch.setattr(steps, "make_train_step", make_interrupted)
-        expected = 130
-    else:  # the disk fills up while the tokenizer is written, after the weights
-        from xlmr_jax.tokenization import files
-
-        def disk_full(*args, **kwargs):
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(files, "write_atomic", disk_full)
-        expected = 1
-    before = snapshot(earlier_output)
-    assert train(TINY_CHECKPOINT, text_file, earlier_output, "--overwrite") == expected
-    assert snapshot(earlier_output) == before
-    assert hidden_entries(tmp_path) == []  # no staging directory, no orbax temp left behind
-
-
-def test_train_mlm_replaces_the_output_only_when_complete(tmp_path, text_file, earlier_output):
-    assert train(TINY_CHECKPOINT, text_file, earlier_output, "--overwrite") == 0
-    assert sorted(os.listdir(earlier_output)) == ["model", "train-state"]
+    monkeypatch.setattr(steps, "make_train_step", make_interrupted)
+    assert train(TINY_CHECKPOINT, text_file, earlier_output, "--overwrite") == 130
+    assert "the same command with --resume continues it" in capsys.readouterr().err
+    # --overwrite replaced the earlier run once every input checked out; what is left is this run's
+    assert sorted(os.listdir(earlier_output)) == ["checkpoints", "metrics.jsonl", "run_config.json"]
+    assert hidden_entries(tmp_path) == [] and hidden_entries(earlier_output) == []
+    monkeypatch.setattr(steps, "make_train_step", real_make)
+    capsys.readouterr()
+    assert train(TINY_CHECKPOINT, text_file, earlier_output, "--resume") == 0
+    assert (earlier_output / "model" / "model.safetensors").is_file()
     assert not (earlier_output / "model" / "precious.txt").exists()
-    assert {"config.json", "model.safetensors", "sentencepiece.bpe.model", "tokenizer_config.json"} <= set(
-        os.listdir(earlier_output / "model"))
-    assert hidden_entries(tmp_path) == []
+
+
+def test_train_mlm_full_disk_during_export_leaves_no_partial_model(tmp_path, text_file, earlier_output,
+                                                                   monkeypatch):
+    from xlmr_jax.tokenization import files
+
+    real_write = files.write_atomic
+    monkeypatch.setattr(files, "write_atomic", disk_full)  # the tokenizer's files, after the weights
+    assert train(TINY_CHECKPOINT, text_file, earlier_output, "--overwrite") == 1
+    assert sorted(os.listdir(earlier_output)) == ["checkpoints", "metrics.jsonl", "run_config.json"]
+    assert (earlier_output / "checkpoints" / "2").is_dir()  # the trained state, saved before the export
+    assert hidden_entries(tmp_path) == [] and hidden_entries(earlier_output) == []
+    monkeypatch.setattr(files, "write_atomic", real_write)
+    assert train(TINY_CHECKPOINT, text_file, earlier_output, "--resume") == 0  # exports step 2, trains nothing
+    exported = snapshot(earlier_output / "model")
+    assert {"config.json", "model.safetensors", "sentencepiece.bpe.model"} <= set(exported)
+    monkeypatch.setattr(files, "write_atomic", disk_full)  # a second export fails: the first stays as it was
+    assert train(TINY_CHECKPOINT, text_file, earlier_output, "--resume") == 1
+    assert snapshot(earlier_output / "model") == exported and hidden_entries(earlier_output) == []

@@ -63,20 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed_arguments(finetune)
 
     train = commands.add_parser(
-        "train-mlm", help="masked-LM fine-tuning on a text file, on one device or a mesh over several processes"
+        "train-mlm", help="alias of `finetune --task masked-lm`: CHECKPOINT TEXT_FILE OUTPUT --steps N, one "
+        "example per line", description="`xlmr-jax finetune --task masked-lm --model CHECKPOINT --train-file "
+        "TEXT_FILE --output OUTPUT --max-steps N` with the old train-mlm defaults: no packing (each line is one "
+        "example; --pack packs), --batch-size 8, a constant --learning-rate 5e-5. Every other flag, the output "
+        "directory and its rules are finetune's.",
     )
-    train.add_argument("checkpoint", help="checkpoint directory or hub id (with sentencepiece.bpe.model)")
-    train.add_argument("text_file", help="UTF-8 text, one example per line")
-    train.add_argument("output", help="directory for model/ (HF format + tokenizer) and train-state/ (orbax)")
-    train.add_argument("--steps", type=int, required=True)
-    train.add_argument("--batch-size", type=int, default=8, help="global batch (split over processes)")
-    train.add_argument("--max-length", type=int, default=128)
-    train.add_argument("--learning-rate", type=float, default=5e-5)
-    train.add_argument("--mesh", default="auto", help='e.g. "data=2,fsdp=4" (default: every device on data)')
-    train.add_argument("--rules", default="fsdp", choices=["dp", "fsdp", "tp", "fsdp_tp"])
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--log-every", type=int, default=10)
-    train.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    from xlmr_jax.finetune.cli_args import add_train_mlm_arguments
+
+    add_train_mlm_arguments(train)
     _add_distributed_arguments(train)
     return parser
 
@@ -101,7 +96,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryErro
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    commands = {"demo": _demo, "convert": _convert, "run": _run, "train-mlm": _train_mlm, "finetune": _finetune}
+    # train-mlm is finetune's alias: its arguments make the same FinetuneConfig (task masked-lm).
+    commands = {"demo": _demo, "convert": _convert, "run": _run, "train-mlm": _finetune, "finetune": _finetune}
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:
@@ -111,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"xlmr-jax {args.command}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"xlmr-jax {args.command}: interrupted; existing outputs were left as they were", file=sys.stderr)
+        if args.command in ("finetune", "train-mlm"):
+            # A run directory is live (that is what makes --resume possible): say what it holds now.
+            said = (f"interrupted; {args.output} holds the run so far (its last checkpoint): "
+                    "the same command with --resume continues it")
+        else:
+            said = "interrupted; existing outputs were left as they were"
+        print(f"xlmr-jax {args.command}: {said}", file=sys.stderr)
         return 130
 
 
@@ -158,23 +160,6 @@ def _finetune(args: argparse.Namespace) -> int:
                            auto=args.auto_distributed, timeout_s=args.distributed_timeout)
     summary = finetune(config)
     print(json.dumps(summary, indent=2, sort_keys=True))
-    return 0
-
-
-def _train_mlm(args: argparse.Namespace) -> int:
-    from xlmr_jax import distributed
-    from xlmr_jax.training.train_mlm import train_mlm
-
-    logging.getLogger("xlmr_jax").setLevel(logging.INFO)  # the step / loss lines
-
-    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
-                           auto=args.auto_distributed, timeout_s=args.distributed_timeout)
-    losses = train_mlm(
-        args.checkpoint, args.text_file, args.output, steps=args.steps, batch_size=args.batch_size,
-        max_length=args.max_length, learning_rate=args.learning_rate, mesh_spec=args.mesh, rules=args.rules,
-        seed=args.seed, log_every=args.log_every, overwrite=args.overwrite,
-    )
-    print(f"first loss {losses[0]:.4f}, last loss {losses[-1]:.4f}; wrote {args.output}")
     return 0
 
 

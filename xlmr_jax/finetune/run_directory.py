@@ -37,6 +37,7 @@ def check_output(config, sources: list[str]) -> str:
     occupied = os.path.isdir(output) and bool(os.listdir(output))
     if os.path.exists(output) and not os.path.isdir(output):
         raise NotADirectoryError(f"output {output} exists and is not a directory")
+    _check_writable(output)
     if config.resume:
         recorded_path = os.path.join(output, RUN_CONFIG)
         if not os.path.isfile(recorded_path):
@@ -51,6 +52,19 @@ def check_output(config, sources: list[str]) -> str:
             f"output {output} is not empty; pass --resume to continue the run in it or --overwrite to replace it"
         )
     return output
+
+
+def _check_writable(output: str) -> None:
+    """OUTPUT can be made and written: the directory that will hold it (OUTPUT itself, or its
+    nearest existing parent; missing ones are created) is a directory this process may write in.
+    Found here, before the model loads, not after (root passes the permission test anyway)."""
+    place = output
+    while not os.path.exists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)
+    if not os.path.isdir(place):
+        raise NotADirectoryError(f"output {output} cannot be created: {place} is not a directory")
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise PermissionError(f"output {output} cannot be written: no permission to write in {place}")
 
 
 def start(output: str, config) -> None:
