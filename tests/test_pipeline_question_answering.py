@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -247,3 +248,12 @@ def test_bad_input_is_named(ours):
         ours(EXAMPLES[0], handle_impossible_answer="yes")
     with pytest.raises(ValueError, match="unknown option"):
         ours(EXAMPLES[0], topk=2)
+
+
+def test_top_indices_are_a_stable_descending_argsorts_first():
+    from xlmr_jax.pipelines.answer_spans import top_indices
+
+    rng = np.random.default_rng(0)
+    for size, count in [(1, 1), (7, 3), (50, 50), (50, 80), (1000, 22)]:
+        values = rng.integers(0, 6, size).astype(np.float32)  # many ties, at the cut too
+        np.testing.assert_array_equal(top_indices(values, count), np.argsort(-values, kind="stable")[:count])

@@ -20,7 +20,6 @@ several answers (an empty list when none).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -28,22 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlmr_jax.modeling import XLMRobertaForQuestionAnswering
+from xlmr_jax.pipelines.answer_spans import Window, best_spans, masked_softmax, widen_to_words
 from xlmr_jax.pipelines.base import Feature, Pipeline
 from xlmr_jax.tokenization.vocab import META_SPACE
 
-MASKED_LOGIT = -10000.0  # the reference's value for positions that cannot be in the answer
 NO_NULL_SCORE = 1000000.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """Where the context lies in one window's tokens, their character offsets in the context, and
-    which of them begin a word."""
-
-    context_start: int
-    context_end: int
-    offsets: np.ndarray
-    starts_word: np.ndarray
 
 
 class QuestionAnsweringPipeline(Pipeline):
@@ -189,12 +177,12 @@ class QuestionAnsweringPipeline(Pipeline):
         null_score, answers = NO_NULL_SCORE, []
         for feature, output in zip(features, outputs, strict=True):
             window, length = feature.meta, feature.length
-            start = _masked_softmax(output["start"][:length], window)
-            end = _masked_softmax(output["end"][:length], window)
+            start = masked_softmax(output["start"][:length], window)
+            end = masked_softmax(output["end"][:length], window)
             null_score = min(null_score, float(start[0] * end[0]))
-            for first, last, score in _best_spans(start, end, window, options["max_answer_len"], per_window):
+            for first, last, score in best_spans(start, end, window, options["max_answer_len"], per_window):
                 if align:
-                    first, last = _widen_to_words(first, last, window)
+                    first, last = widen_to_words(first, last, window)
                 char_start, char_end = int(window.offsets[first][0]), int(window.offsets[last][1])
                 text = context[char_start:char_end]
                 same = next((a for a in answers if a["answer"].lower() == text.lower()), None)
@@ -211,39 +199,3 @@ class QuestionAnsweringPipeline(Pipeline):
 def _check_int(task: str, name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{task}: {name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _masked_softmax(logits: np.ndarray, window: Window) -> np.ndarray:
-    """Softmax over the window with every position but `<s>` and the context's set to -10000."""
-    allowed = np.zeros(len(logits), dtype=bool)
-    allowed[0] = True
-    allowed[window.context_start:window.context_end] = True
-    logits = np.where(allowed, logits, np.float32(MASKED_LOGIT)).astype(np.float32)
-    exp = np.exp(logits - logits.max())
-    return exp / exp.sum()
-
-
-def _best_spans(start: np.ndarray, end: np.ndarray, window: Window, max_answer_len: int, count: int):
-    """(first token, last token, score) of the `count` best spans of the context, best first; a span
-    is at most `max_answer_len` tokens long."""
-    lo, hi = window.context_start, window.context_end
-    if hi <= lo:
-        return []
-    scores = start[lo:hi, None] * end[None, lo:hi]
-    offset = np.arange(hi - lo)[None, :] - np.arange(hi - lo)[:, None]  # last - first
-    scores = np.where((offset >= 0) & (offset < max_answer_len), scores, np.float32(0))
-    flat = scores.ravel()
-    best = np.argsort(-flat, kind="stable")[:count]
-    best = best[flat[best] > 0]
-    firsts, lasts = np.unravel_index(best, scores.shape)
-    return [(int(f) + lo, int(la) + lo, float(flat[b])) for f, la, b in zip(firsts, lasts, best, strict=True)]
-
-
-def _widen_to_words(first: int, last: int, window: Window) -> tuple[int, int]:
-    """The first token of the word holding `first` and the last of the word holding `last` (within the
-    window's context)."""
-    while first > window.context_start and not window.starts_word[first]:
-        first -= 1
-    while last + 1 < window.context_end and not window.starts_word[last + 1]:
-        last += 1
-    return first, last

@@ -25,7 +25,7 @@ import numpy as np
 from xlmr_jax.finetune.features import FeatureSet, check_max_length, token_lengths
 from xlmr_jax.finetune.records import DataError, text_column, where
 from xlmr_jax.finetune.tasks import Split, TaskBase
-from xlmr_jax.pipelines.question_answering import Window, _best_spans, _masked_softmax
+from xlmr_jax.pipelines.answer_spans import Window, best_spans, masked_softmax
 from xlmr_jax.tokenization.vocab import META_SPACE
 
 CLS_INDEX = 0
@@ -121,7 +121,7 @@ class QuestionAnsweringTask(TaskBase):
             start, end = start_logits[row, :length], end_logits[row, :length]
             null[record_index] = min(null.get(record_index, np.inf), float(start[CLS_INDEX] + end[CLS_INDEX]))
             # the best span by probability product within a window is the best by logit sum
-            for first, last, _ in _best_spans(_masked_softmax(start, window), _masked_softmax(end, window), window,
+            for first, last, _ in best_spans(masked_softmax(start, window), masked_softmax(end, window), window,
                                               self.options.max_answer_length, 1):
                 score = float(start[first] + end[last])
                 if record_index not in best or score > best[record_index][0]:
