@@ -160,6 +160,25 @@ def test_memory_per_device_matches_the_arrays_placed(reference_checkpoint):
     assert computed < param_bytes_per_device(xlmr_jax.XLMRobertaForMaskedLM, model.config, {"data": 8}, "dp") / 3
 
 
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_quantised_memory_per_device_matches_the_arrays_placed(reference_checkpoint, quantization):
+    from xlmr_jax.sharding import param_bytes_per_device
+
+    _, path = reference_checkpoint("xlm-roberta", "XLMRobertaForMaskedLM", **SHARDABLE)
+    mesh = make_mesh("data=2,fsdp=4")
+    model = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(path, mesh=mesh, rules="fsdp", quantization=quantization)
+    device = jax.devices()[0]
+    held = sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(nnx.state(model))
+        for shard in leaf.addressable_shards if shard.device == device
+    )
+    computed = param_bytes_per_device(xlmr_jax.XLMRobertaForMaskedLM, model.config, mesh.shape, "fsdp",
+                                      quantization=quantization)
+    assert held == computed
+    assert computed < param_bytes_per_device(xlmr_jax.XLMRobertaForMaskedLM, model.config, mesh.shape, "fsdp")
+
+
 def test_a_new_head_is_created_in_its_sharding(reference_checkpoint):
     _, path = reference_checkpoint("xlm-roberta", "XLMRobertaModel", **SHARDABLE)
     mesh = make_mesh("data=2,fsdp=2,tensor=2")

@@ -139,20 +139,46 @@ def param_sharding(path: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
 
 
 def param_bytes_per_device(model_cls, config, mesh_shape: Mapping[str, int], rules,
-                           bytes_per_param: int = 4) -> int:
+                           bytes_per_param: int = 4, quantization: str | None = None) -> int:
     """Parameter bytes one device holds under `rules` on a mesh of `mesh_shape`, computed from an
     abstract model (nothing is allocated). Multiply `bytes_per_param` for optimizer state, e.g.
-    16 for fp32 params + grads + Adam's two moments."""
+    16 for fp32 params + grads + Adam's two moments. With `quantization` ("int8", "int4", "nf4"),
+    every matmul kernel is counted in its stored fields, each sharded as `from_pretrained(...,
+    quantization=..., mesh=...)` places it (like its kernel, but whole along a dimension the mesh
+    axis does not divide); the other parameters count `bytes_per_param` each."""
     from flax import nnx
 
     rules = resolve_rules(rules)
     abstract = nnx.eval_shape(lambda: model_cls(config, rngs=nnx.Rngs(0)))
     total = 0
     for path, var in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
-        spec = partition_spec(tuple(str(p) for p in path), tuple(var.shape), mesh_shape, rules)
+        path, shape = tuple(str(p) for p in path), tuple(var.shape)
+        spec = partition_spec(path, shape, mesh_shape, rules)
+        if quantization is not None and path[-1] == "kernel":
+            total += _quantized_kernel_bytes(quantization, shape, spec, mesh_shape)
+            continue
         ways = math.prod(mesh_shape.get(axis, 1) for axis in spec if axis is not None)
-        total += math.prod(var.shape) // ways
-    return total * bytes_per_param
+        total += math.prod(shape) // ways * bytes_per_param
+    return total
+
+
+def _quantized_kernel_bytes(quantization: str, shape: tuple[int, ...], spec: PartitionSpec,
+                            mesh_shape: Mapping[str, int]) -> int:
+    """One device's bytes of a (..., in, out) kernel's quantised fields (the rule of
+    `quantization.linear.field_sharding`)."""
+    from xlmr_jax.quantization import resolve_scheme
+    from xlmr_jax.quantization.arrays import field_shapes
+
+    lead, axes = shape[:-2], tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))
+    total = 0
+    for field_shape, dtype in field_shapes(resolve_scheme(quantization), *shape[-2:]).values():
+        full = (*lead, *field_shape)
+        held = 1
+        for size, axis in zip(full, axes, strict=True):
+            ways = mesh_shape.get(axis, 1) if axis is not None else 1
+            held *= size // ways if size % ways == 0 else size
+        total += held * np.dtype(dtype).itemsize
+    return total
 
 
 def state_shardings(state, mesh: Mesh, rules) -> dict[tuple[str, ...], NamedSharding]:
