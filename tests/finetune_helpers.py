@@ -24,7 +24,7 @@ FILLER = ("the", "a", "house", "river", "music", "stone", "window", "paper", "ga
 GOOD, BAD = ("great", "lovely", "wonderful"), ("awful", "terrible", "boring")
 CITIES = ("Paris", "Berlin", "Madrid", "Rome", "Vienna", "Lisbon", "Oslo", "Prague")
 # Single pieces in the demo vocabulary: the ending that repeats one is a matter of one token.
-CHOICE_WORDS = ("Cancel", "Delete", "Filter", "Image")
+CHOICE_WORDS = ("Save", "Delete", "Search", "Image")
 
 
 def make_checkpoint(directory, arch: str, *, seed: int = 0, **config_overrides) -> str:

@@ -15,11 +15,12 @@ from xlmr_jax.demo import DEMO_CHECKPOINT
 from xlmr_jax.demo.examples import FILL_MASK, PARITY_SENTENCES
 from xlmr_jax.demo.heldout import heldout_accuracy, masked_rows, packed_rows, read_heldout
 
-# The shipped model (960 steps, still in masked LM's frequent-token phase) is 3.8 points above the
-# baseline at top-5 and level with it at top-1 (heldout.json, the README). A loading regression
-# (a wrong or missing tensor) falls to or below the baseline at top-5; a model that predicts worse
-# than always answering `▁` fails the top-1 bound. Raise these when a longer-trained model ships.
-TOP5_MARGIN = 0.02
+# The shipped model (5,000 steps, still in masked LM's frequent-token phase at top-1) is 5.0 points
+# above the baseline at top-5 and level with it at top-1 (heldout.json, the README). A loading
+# regression (a wrong or missing tensor) falls to or below the baseline at top-5; a model that
+# predicts worse than always answering `▁` fails the top-1 bound. Raise these when a better-trained
+# model ships.
+TOP5_MARGIN = 0.035
 TOP1_SLACK = 0.01
 
 
@@ -74,7 +75,9 @@ def test_shipped_checkpoint_loads_in_transformers_with_the_same_logits(shipped):
         expected = reference.eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     got = np.asarray(xlmr_jax.jit_forward(model)(input_ids=ids, attention_mask=mask).logits)
     real = mask.astype(bool)
-    assert np.abs(got - expected)[real].max() <= 1e-5
+    # Trained logits reach ~16 (random-weight ones stay near 1): 1e-5 of each logit's own size,
+    # float32 rounding over the same sums taken in another order
+    assert (np.abs(got - expected)[real] <= 1e-5 * np.maximum(1.0, np.abs(expected[real]))).all()
 
 
 def test_shipped_checkpoint_size_and_files():
@@ -89,4 +92,17 @@ def test_shipped_checkpoint_size_and_files():
     with open(os.path.join(DEMO_CHECKPOINT, "training_log.jsonl"), encoding="utf-8") as fh:
         log = [json.loads(line) for line in fh]
     evals = [record["eval"] for record in log if "eval" in record]
-    assert len(evals) >= 5 and evals[-1]["loss"] < evals[0]["loss"] - 1.0  # it learned, as logged
+    first_loss = next(record["loss"] for record in log if "loss" in record)  # ~ln(vocab) at the start
+    assert len(evals) >= 5 and evals[-1]["loss"] < evals[0]["loss"] < first_loss - 2.0  # it learned, as logged
+
+
+def test_fill_mask_examples_are_held_out_and_mask_one_piece(shipped):
+    """Each example sentence is a held-out line of its language (so no translation of the message
+    was trained on: a message is held out in every language at once) and its masked word is one
+    piece, which the model can name in one prediction."""
+    _, _, tokenizer = shipped
+    heldout = set(read_heldout(os.path.join(DEMO_CHECKPOINT, "heldout.tsv")))
+    for language, text, word in FILL_MASK:
+        assert (language, text.replace("<mask>", word)) in heldout, (language, text)
+        pieces = tokenizer.tokenize(text.replace("<mask>", word))
+        assert word in pieces or "\u2581" + word in pieces, (language, word, pieces)

@@ -26,7 +26,7 @@ def config(tmp_path_factory):
         task="text-classification", model=DEMO_CHECKPOINT, output=str(root / "out"),
         train_file=write_jsonl(root / "train.jsonl", sentiment_records(256, 0)),
         validation_file=write_jsonl(root / "dev.jsonl", sentiment_records(64, 1)),
-        max_length=64, buckets=(32, 64), batch_size=16, max_steps=80, learning_rate=3e-3, warmup_ratio=0.1,
+        max_length=64, buckets=(32, 64), batch_size=16, max_steps=48, learning_rate=3e-3, warmup_ratio=0.1,
         dropout=0.0, mesh=None, progress=False, log_every=80, seed=0, lora_rank=8, lora_alpha=16.0,
     )
 

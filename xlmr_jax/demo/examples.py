@@ -10,15 +10,15 @@ sentencepiece segment, so a `▁` piece follows the mask where no space did.)
 
 FILL_MASK = [
     ("en", "Enter a <mask> integer.", "valid"),
-    ("fr", "Saisissez un nombre <mask> valide.", "entier"),
+    ("fr", "Saisissez un <mask> entier valide.", "nombre"),
     ("de", "Bitte eine <mask> Ganzzahl eingeben.", "gültige"),
-    ("es", "Ingrese un <mask> válido.", "valor"),
+    ("es", "Introduzca un <mask> entero válido.", "número"),
     ("it", "Inserire un <mask> intero valido.", "numero"),
     ("pt", "Insira um <mask> inteiro válido.", "número"),
     ("nl", "Voer een <mask> geheel getal in.", "geldig"),
     ("ru", "Введите правильное <mask>.", "число"),
     ("uk", "Введіть коректне ціле <mask>.", "число"),
-    ("el", "Εισάγετε έναν έγκυρο <mask>.", "ακέραιο"),
+    ("el", "Εισάγετε έναν <mask> ακέραιο.", "έγκυρο"),
     ("ar", "أدخل <mask> صالح.", "رقم"),
     ("fa", "یک <mask> معتبر وارد کنید.", "عدد"),
     ("hi", "एक मान्य पूर्ण <mask> दर्ज करें", "संख्या"),

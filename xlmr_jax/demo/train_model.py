@@ -2,7 +2,7 @@
 
     python -m xlmr_jax.demo.train_model [--output DIR] [--work-dir DIR] [--max-steps N]
 
-1. the corpus: `build_corpus` (translation catalogs of four BSD-licensed packages, 16 languages);
+1. the corpus: `build_corpus` (translation catalogs of 19 BSD- and MIT-licensed packages, 16 languages);
 2. a sentencepiece unigram model with XLM-R's settings (nmt_nfkc, no byte fallback; the fairseq
    ids `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>` last) of `VOCAB_SIZE` pieces;
 3. a freshly initialised `XLMRobertaForMaskedLM` (ours: normal(0.02) weights, zero biases, unit
@@ -37,7 +37,7 @@ MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, interm
 MAX_LENGTH = 128  # max_position_embeddings - 2 (fairseq positions start after the pad row)
 TRAINING = dict(batch_size=16, learning_rate=1e-3, warmup_ratio=0.05, schedule="linear", weight_decay=0.01,
                 adam_b2=0.98, adam_eps=1e-6,  # RoBERTa pretraining's
-                max_steps=960)
+                max_steps=5000)
 
 
 def train_sentencepiece(train_file: str, directory: str) -> str:
