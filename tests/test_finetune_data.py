@@ -620,13 +620,22 @@ def test_one_line_per_row_without_packing(tok):
         task.features([{"text": " "}], tok, "train")
 
 
-def test_mask_batch_masks_only_text_tokens(tok):
+def test_masked_lm_batches_mask_only_text_tokens(tok):
+    from xlmr_jax.training.masking import masked_lm_batch
+
     task = make_task("masked-lm", {"max_length": 32, "mlm_probability": 0.5})
     features = task.features(LINES, tok, "train")
-    batch = task.mask_batch(features.arrays, np.random.default_rng(0), tok)
-    labels, original = batch["labels"], features.arrays["input_ids"]
-    chosen = labels != -100
-    assert chosen.any() and (labels[chosen] == original[chosen]).all()
+    batch = masked_lm_batch(features.arrays, special_ids=tok.all_special_ids, mask_token_id=tok.mask_token_id,
+                            vocab_size=len(tok), rng=np.random.default_rng(0), probability=0.5)
+    original, positions, labels = features.arrays["input_ids"], batch["masked_positions"], batch["labels"]
+    assert positions.shape == labels.shape and positions.shape[1] <= 32
+    chosen = np.zeros(original.shape, bool)
+    for row, (where, targets) in enumerate(zip(positions, labels, strict=True)):
+        real = where >= 0
+        assert (targets[~real] == -100).all() and (np.diff(where[real]) > 0).all()  # in order, then filler
+        assert (targets[real] == original[row, where[real]]).all()
+        chosen[row, where[real]] = True
+    assert chosen.any()
     assert not chosen[np.isin(original, [tok.bos_token_id, tok.eos_token_id, tok.pad_token_id])].any()
     assert (batch["input_ids"][chosen] == tok.mask_token_id).mean() > 0.6
     np.testing.assert_array_equal(batch["input_ids"][~chosen], original[~chosen])

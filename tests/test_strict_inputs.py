@@ -92,3 +92,12 @@ def test_padded_width_beyond_the_positions_is_accepted_like_the_reference(refere
     assert_close("jitted last_hidden_state", out, expected, mask)
     with pytest.raises(ValueError, match="input length 39 exceeds"):
         model(np.full((1, 39), 5))
+
+
+def test_jit_forward_names_call_switches_given_per_call(models):
+    model = models("XLMRobertaModel")
+    ids = np.full((1, 4), 5, np.int32)
+    with pytest.raises(TypeError, match=r"jit_forward\(model, output_hidden_states=True\)"):
+        xlmr_jax.jit_forward(model)(ids, output_hidden_states=True)
+    hidden = xlmr_jax.jit_forward(model, output_hidden_states=True)(ids).hidden_states
+    assert len(hidden) == model.config.num_hidden_layers + 1

@@ -40,8 +40,16 @@ def jit_forward(model, *, mesh=None, **call_options) -> Callable:
         return jax.tree.map(lambda x: constrain_batch(x) if _is_batch_first(x, batch) else x, out)
 
     signature = inspect.signature(model.__call__)
+    # Python switches of the call (output_hidden_states, deterministic, ...) choose the program:
+    # under jit they would be traced and fail deep inside; they belong to jit_forward itself.
+    switches = {name for name, p in signature.parameters.items() if isinstance(p.default, bool)}
 
     def forward(*args, **kwargs):
+        fixed = sorted(switches & kwargs.keys())
+        if fixed:
+            given = ", ".join(f"{name}={kwargs[name]!r}" for name in fixed)
+            raise TypeError(f"jit_forward: {', '.join(fixed)} choose(s) the compiled program; fix them when "
+                            f"making the function: jit_forward(model, {given})")
         _check_host_ids(signature, args, kwargs)
         if mesh is not None:
             args, kwargs = _place_batch((args, kwargs), mesh)

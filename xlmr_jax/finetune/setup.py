@@ -68,16 +68,12 @@ class Run:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if self.config.task == "causal-lm":
             return dict(batch, labels=np.where(mask.astype(bool), ids, -100).astype(np.int32))
-        from xlmr_jax.training.masking import mask_tokens, masked_positions, prediction_width
+        from xlmr_jax.training.masking import masked_lm_batch
 
-        special = np.isin(ids, self.tokenizer.all_special_ids) | ~mask.astype(bool)
         rng = np.random.default_rng([self.config.seed, jax.process_index(), *seed_parts])
-        width = prediction_width(ids.shape[1], self.config.mlm_probability)
-        masked, labels = mask_tokens(ids, special, mask_token_id=self.tokenizer.mask_token_id,
-                                     vocab_size=self.vocab_size, rng=rng, probability=self.config.mlm_probability,
-                                     max_predictions=width)
-        positions, labels = masked_positions(labels, width)
-        return dict(batch, input_ids=masked, labels=labels, masked_positions=positions)
+        return masked_lm_batch(batch, special_ids=self.tokenizer.all_special_ids,
+                               mask_token_id=self.tokenizer.mask_token_id, vocab_size=self.vocab_size, rng=rng,
+                               probability=self.config.mlm_probability)
 
     def eval_batches(self):
         from xlmr_jax.finetune.batches import BatchIterator

@@ -62,3 +62,18 @@ def masked_positions(labels: np.ndarray, width: int) -> tuple[np.ndarray, np.nda
     positions = np.where(filled, order, -1).astype(np.int32)
     gathered = np.where(filled, np.take_along_axis(labels, order, axis=-1), IGNORE_INDEX).astype(np.int32)
     return positions, gathered
+
+
+def masked_lm_batch(batch: dict[str, np.ndarray], *, special_ids, mask_token_id: int, vocab_size: int,
+                    rng: np.random.Generator, probability: float = 0.15) -> dict[str, np.ndarray]:
+    """A batch of `input_ids` / `attention_mask` made a masked-LM training batch: tokens chosen among
+    the real, non-special ones (`mask_tokens`, capped at `prediction_width`), their positions as
+    `masked_positions` and the original ids there as `labels` (both (batch, width), -1 / -100 after
+    each row's last), the rest of the batch as it was."""
+    ids, attention = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
+    special = np.isin(ids, list(special_ids)) | ~attention.astype(bool)
+    width = prediction_width(ids.shape[1], probability)
+    masked, labels = mask_tokens(ids, special, mask_token_id=mask_token_id, vocab_size=vocab_size, rng=rng,
+                                 probability=probability, max_predictions=width)
+    positions, labels = masked_positions(labels, width)
+    return dict(batch, input_ids=masked, labels=labels, masked_positions=positions)
