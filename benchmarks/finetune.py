@@ -509,7 +509,9 @@ def markdown_report(result: dict) -> str:
         ("Ratios ours/reference (> 1: ours is faster), from the best of the rounds in which the two took "
          "turns. The machine is shared and noisy: ratios are the claim, absolute times are context only."), "",
         (f"- Machine: {env['cpu']}, {env['available_cores']} cores (torch.set_num_threads("
-         f"{env['torch_num_threads']})); device {env['device']}; peak RSS of the run {result['peak_rss_gb']:.1f} GB."),
+         f"{env['torch_num_threads']})); device {env['device']}; peak RSS of the run {result['peak_rss_gb']:.1f} GB; "
+         f"glibc malloc keeping freed memory (`keep_freed_host_memory`, as `xlmr-jax finetune`, for both sides): "
+         f"{result.get('host_memory_kept')}."),
         f"- Versions: {versions}; Python {env['python']}; commit {env['git']['commit']}{dirty}.",
         (f"- Model: sequence classification, {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
          f"FFN {cfg['intermediate_size']}, {cfg['num_attention_heads']} heads, vocabulary {cfg['vocab_size']:,}, "
@@ -536,6 +538,11 @@ def markdown_report(result: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     args = parse_args(argv)
+    # As `xlmr-jax finetune` does, before any thread starts (xlmr_jax/host_memory.py); it is
+    # process-wide, so the reference's steps run with the same malloc settings.
+    from xlmr_jax.host_memory import keep_freed_host_memory
+
+    host_memory_kept = keep_freed_host_memory()
     cores = available_cores()
     torch.set_num_threads(cores)  # XLA's CPU pool uses every core too
     device = choose_device()
@@ -559,7 +566,7 @@ def main(argv: list[str] | None = None) -> dict:
         benchmark=RESULTS_STEM, timestamp=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         command=exact_command(argv), quick=args.quick, dropout=args.dropout, length=args.length,
         repeats=args.repeats, config=config.to_dict(), environment=env,
-        embedding_share_of_params=embedding / ours.num_params,
+        embedding_share_of_params=embedding / ours.num_params, host_memory_kept=host_memory_kept,
     )
     print("building the reference ...", flush=True)
     theirs = Reference(config, device)

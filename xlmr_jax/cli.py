@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # train-mlm is finetune's alias: its arguments make the same FinetuneConfig (task masked-lm).
     commands = {"demo": _demo, "convert": _convert, "run": _run, "train-mlm": _finetune, "finetune": _finetune}
+    if args.command in ("finetune", "train-mlm"):
+        from xlmr_jax import host_memory
+
+        # Before JAX starts its threads: a training step's buffers are then reused, not faulted in
+        # again every step (host_memory.py: 11-14% of a CPU step's time on base sizes).
+        host_memory.keep_freed_host_memory()
     try:
         return commands[args.command](args)
     except USER_ERRORS as err:
