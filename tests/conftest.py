@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The training commands run in-process here: keep this long-lived process's malloc as it is
+os.environ.setdefault("XLMR_JAX_KEEP_HOST_MEMORY", "0")
 
 import jax
 import pytest

@@ -44,8 +44,19 @@ def test_freed_memory_is_reused_without_page_faults():
 def test_the_training_commands_apply_it(monkeypatch):
     from xlmr_jax import cli
 
+    monkeypatch.delenv(cli.KEEP_HOST_MEMORY)  # conftest turns it off for the suite's own process
     applied = []
     monkeypatch.setattr("xlmr_jax.host_memory.keep_freed_host_memory", lambda: applied.append(1) or True)
     assert cli.main(["finetune", "--task", "text-classification", "--model", "/nonexistent", "--train-file",
                      "/nonexistent.jsonl", "--output", "/tmp/never-made", "--mesh", "none"]) == 2
     assert applied == [1]
+
+
+def test_the_variable_turns_it_off(monkeypatch):
+    from xlmr_jax import cli
+
+    monkeypatch.setenv(cli.KEEP_HOST_MEMORY, "0")
+    applied = []
+    monkeypatch.setattr("xlmr_jax.host_memory.keep_freed_host_memory", lambda: applied.append(1) or True)
+    assert cli.main(["train-mlm", "/nonexistent", "/nonexistent.txt", "/tmp/never-made", "--mesh", "none"]) == 2
+    assert applied == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -87,6 +88,10 @@ def _add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--distributed-timeout", type=int, default=300, help="seconds to wait for the coordinator")
 
 
+# XLMR_JAX_KEEP_HOST_MEMORY=0: the training commands leave glibc's malloc as it is (the tests set
+# it: they run the commands inside long-lived pytest processes).
+KEEP_HOST_MEMORY = "XLMR_JAX_KEEP_HOST_MEMORY"
+
 # A user's mistake (a bad argument, a missing file, an output that exists): one line, exit 2, as
 # argparse does for bad flags. Anything else the machine did (a full disk): one line, exit 1.
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # train-mlm is finetune's alias: its arguments make the same FinetuneConfig (task masked-lm).
     commands = {"demo": _demo, "convert": _convert, "run": _run, "train-mlm": _finetune, "finetune": _finetune}
-    if args.command in ("finetune", "train-mlm"):
+    if args.command in ("finetune", "train-mlm") and os.environ.get(KEEP_HOST_MEMORY, "1") != "0":
         from xlmr_jax import host_memory
 
         # Before JAX starts its threads: a training step's buffers are then reused, not faulted in
