@@ -15,7 +15,7 @@ import stat
 
 import numpy as np
 
-from xlmr_jax.weights.safetensors_io import SafetensorsFormatError, SafetensorsReader
+from xlmr_jax.weights.safetensors_io import FileRange, SafetensorsFormatError, SafetensorsReader
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -152,13 +152,28 @@ class Checkpoint(contextlib.AbstractContextManager):
         if unlisted:
             raise CheckpointError(f"{index} does not list tensors found in its shards: {unlisted[:5]}")
 
-    def read(self, key: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
-        """A tensor, or only the part `index` of it (what one device's shard needs)."""
+    def read(self, key: str, index: tuple[slice, ...] | None = None, mapped: bool = False) -> np.ndarray:
+        """A tensor, or only the part `index` of it (what one device's shard needs). `mapped`: a
+        read-only view of a memory map where the file allows (see `SafetensorsReader.read`)."""
         info = self.tensors[key]
+        reader = self._readers[info.file]
         try:
-            return self._readers[info.file].read(key, index)
+            if isinstance(reader, SafetensorsReader):
+                return reader.read(key, index, mapped=mapped)
+            return reader.read(key, index)
         except (SafetensorsFormatError, OSError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{info.file}: cannot read tensor {key!r} ({err})") from None
+
+    def file_range(self, key: str, index: tuple[slice, ...] | None = None) -> FileRange | None:
+        """`tensor[index]` as bytes of its file to copy unchanged, where it is one contiguous run of a
+        safetensors file (else None: read it)."""
+        reader = self._readers[self.tensors[key].file]
+        if not isinstance(reader, SafetensorsReader):
+            return None
+        try:
+            return reader.file_range(key, index)
+        except ValueError as err:
+            raise CheckpointError(f"{reader.path}: cannot read tensor {key!r} ({err})") from None
 
     def close(self) -> None:
         for reader in self._readers.values():

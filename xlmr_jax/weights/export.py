@@ -78,7 +78,8 @@ def flax_tensors(source, dtype: np.dtype | None = None) -> list[PendingTensor]:
         out_dtype = np.dtype(dtype) if dtype is not None else leaf.dtype
 
         def read(index, path=leaf.path, out_dtype=out_dtype):
-            return source.read(path, index).astype(out_dtype, copy=False)
+            found = source.file_range(path, index, out_dtype)  # stored as written: copied file to file
+            return found if found is not None else source.read(path, index).astype(out_dtype, copy=False)
 
         tensors.append(PendingTensor(".".join(leaf.path), out_dtype, leaf.shape,
                                      _row_parts(read, leaf.shape, out_dtype.itemsize)))
@@ -109,12 +110,16 @@ def _pytorch_tensor(source, path, name, rule, layer, shape, out_dtype) -> Pendin
         data = source.read(path, index)
         return (data[0] if layer is not None else data).astype(out_dtype, copy=False)
 
+    def copy_or_read(index):
+        found = source.file_range(path, index, out_dtype)  # stored as written: copied file to file
+        return found if found is not None else read(index)
+
     if rule.transform == table.TRANSPOSE:
         return PendingTensor(name, out_dtype, tuple(shape[::-1]),
                              _transposed_parts(read, tuple(shape), out_dtype.itemsize, layer_index))
     if layer is not None:
-        return PendingTensor(name, out_dtype, tuple(shape), lambda: [lambda: read(layer_index)])
-    return PendingTensor(name, out_dtype, tuple(shape), _row_parts(read, shape, out_dtype.itemsize))
+        return PendingTensor(name, out_dtype, tuple(shape), lambda: [lambda: copy_or_read(layer_index)])
+    return PendingTensor(name, out_dtype, tuple(shape), _row_parts(copy_or_read, shape, out_dtype.itemsize))
 
 
 def _shard(tensors: list[PendingTensor], max_shard_size: int) -> list[list[PendingTensor]]:

@@ -173,12 +173,15 @@ def _few(items: list) -> str:
     return f"[{items[0]}, {items[1]}, ..., {items[-1]}] ({len(items)} in all)"
 
 
-def read_leaf_slice(checkpoint: Checkpoint, leaf: LeafPlan, index: tuple[slice, ...]) -> np.ndarray:
-    """The part `index` of a leaf, read from the checkpoint (only that part), cast to the leaf dtype."""
+def read_leaf_slice(checkpoint: Checkpoint, leaf: LeafPlan, index: tuple[slice, ...],
+                    mapped: bool = False) -> np.ndarray:
+    """The part `index` of a leaf, read from the checkpoint (only that part), cast to the leaf dtype.
+    `mapped`: read through a memory map (see `SafetensorsReader.read`); the result may then be a
+    read-only view of it."""
     rule = leaf.rule
 
     def read_one(key: str, sub: tuple[slice, ...]) -> np.ndarray:
-        data = checkpoint.read(key, sub[::-1] if rule.transform == table.TRANSPOSE else sub)
+        data = checkpoint.read(key, sub[::-1] if rule.transform == table.TRANSPOSE else sub, mapped=mapped)
         return data.T if rule.transform == table.TRANSPOSE else data  # a view; copied once below
 
     index = tuple(index) + (slice(None),) * (len(leaf.shape) - len(index))

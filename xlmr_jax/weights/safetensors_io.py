@@ -7,6 +7,10 @@ memory at once. The format is simple (8-byte little-endian header length, a JSON
 the raw bytes), so reads here are `os.pread` of exactly the bytes asked for, and writes emit the
 header and then each tensor's bytes chunk by chunk. `safe_open` still validates every file we
 open, and the tests read what we write with the `safetensors` library itself.
+
+For the converter, two ways that skip a copy: a read may return a view of a memory map of just the
+bytes asked for (`mapped=True`, unmapped when the view is freed), and bytes stored as they will be
+written go file to file inside the kernel (`FileRange`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import json
+import mmap
 import os
 import struct
 import threading
@@ -100,24 +106,18 @@ class SafetensorsReader:
             raise SafetensorsFormatError(f"{self.path}: file ends before byte {start + len(view)} (truncated?)")
         SafetensorsReader.bytes_read_total += got
 
-    def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
-        """The tensor, or `tensor[index]` for a tuple of unit-step slices, reading from disk only the
-        bytes the slice covers: one read when the slice is contiguous in the file, else one read per
-        contiguous run (e.g. per row when only some columns are wanted)."""
-        entry = self.entries[name]
-        if not entry.shape:
-            return np.frombuffer(self._read_bytes(entry.start, entry.nbytes), entry.dtype).reshape(())
+    def _runs(self, entry: TensorEntry, index: tuple[slice, ...] | None) -> tuple[tuple[int, ...], int, list[int]]:
+        """(shape of `tensor[index]`, bytes per contiguous run, absolute file offset of each run)."""
         index = tuple(index or ()) + (slice(None),) * (len(entry.shape) - len(tuple(index or ())))
         ranges = []
         for axis, (sl, size) in enumerate(zip(index, entry.shape, strict=True)):
             start, stop, step = sl.indices(size)
             if step != 1:
-                raise ValueError(f"{self.path}: {name}: axis {axis}: strided reads are not supported ({sl})")
+                raise ValueError(f"{self.path}: {entry.name}: axis {axis}: strided reads are not supported ({sl})")
             ranges.append(range(start, max(start, stop)))
         out_shape = tuple(len(r) for r in ranges)
-        out = np.empty(out_shape, entry.dtype)
-        if out.size == 0:
-            return out
+        if 0 in out_shape:
+            return out_shape, 0, []
         # Axes after the last partially-read one are whole: each run is contiguous over them.
         partial = [axis for axis, (r, size) in enumerate(zip(ranges, entry.shape, strict=True)) if len(r) != size]
         split = partial[-1] if partial else 0
@@ -130,10 +130,100 @@ class SafetensorsReader:
         else:
             grids = np.meshgrid(*[np.asarray(r, np.int64) for r in ranges[:split]], indexing="ij")
             offsets = sum(g.reshape(-1) * int(stride) for g, stride in zip(grids, strides[:split], strict=True))
+        return out_shape, run_bytes, [entry.start + run_start + offset for offset in offsets.tolist()]
+
+    def read(self, name: str, index: tuple[slice, ...] | None = None, mapped: bool = False) -> np.ndarray:
+        """The tensor, or `tensor[index]` for a tuple of unit-step slices, reading from disk only the
+        bytes the slice covers: one read when the slice is contiguous in the file, else one read per
+        contiguous run (e.g. per row when only some columns are wanted).
+
+        `mapped=True` (a contiguous slice): a read-only view of a memory map of just those bytes
+        instead of a copy, for a caller that transposes or writes it at once and then drops it (the
+        converter): the bytes go from the page cache to their destination without a copy in between,
+        and the map is unmapped when the view is freed, so resident memory stays one part's worth."""
+        entry = self.entries[name]
+        if not entry.shape:
+            return np.frombuffer(self._read_bytes(entry.start, entry.nbytes), entry.dtype).reshape(())
+        out_shape, run_bytes, offsets = self._runs(entry, index)
+        if mapped and len(offsets) == 1 and run_bytes >= MAP_MIN_BYTES:
+            return self._mapped(entry.dtype, out_shape, offsets[0], run_bytes)
+        out = np.empty(out_shape, entry.dtype)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        for i, offset in enumerate(offsets.tolist()):
-            self._read_into(view[i * run_bytes:(i + 1) * run_bytes], entry.start + run_start + offset)
+        for i, offset in enumerate(offsets):
+            self._read_into(view[i * run_bytes:(i + 1) * run_bytes], offset)
         return out
+
+    def _mapped(self, dtype: np.dtype, shape: tuple[int, ...], start: int, nbytes: int) -> np.ndarray:
+        if os.fstat(self._fd).st_size < start + nbytes:  # a map past the end would crash on access (SIGBUS)
+            raise SafetensorsFormatError(f"{self.path}: file ends before byte {start + nbytes} (truncated?)")
+        aligned = start - start % mmap.ALLOCATIONGRANULARITY
+        window = mmap.mmap(self._fd, start + nbytes - aligned, prot=mmap.PROT_READ, offset=aligned)
+        SafetensorsReader.bytes_read_total += nbytes
+        # The array keeps the map alive; the map is unmapped when the last view of it is freed.
+        return np.frombuffer(window, dtype, count=nbytes // dtype.itemsize, offset=start - aligned).reshape(shape)
+
+    def file_range(self, name: str, index: tuple[slice, ...] | None = None) -> FileRange | None:
+        """`tensor[index]` as a range of this file's bytes when it is one contiguous run (else None),
+        for a writer that copies it unchanged (see `FileRange`)."""
+        entry = self.entries[name]
+        if not entry.shape:
+            return FileRange(self, entry.start, entry.nbytes)
+        _, run_bytes, offsets = self._runs(entry, index)
+        if len(offsets) != 1:
+            return None
+        return FileRange(self, offsets[0], run_bytes)
+
+
+# Smaller slices are read with a copy: a map costs two system calls and a page fault per 4 KiB page.
+MAP_MIN_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRange:
+    """Bytes of a safetensors file that a writer copies unchanged (a tensor, or a contiguous slice of
+    one, in the dtype it is stored in): `write_safetensors` copies them file to file inside the kernel
+    (`os.copy_file_range`), so they never pass through this process's memory."""
+
+    reader: SafetensorsReader
+    start: int
+    nbytes: int
+
+    def copy_to(self, out_fd: int) -> None:
+        """Append the bytes at `out_fd`'s position."""
+        SafetensorsReader.bytes_read_total += self.nbytes
+        source, offset, remaining = self.reader._fd, self.start, self.nbytes
+        if hasattr(os, "copy_file_range"):
+            try:
+                while remaining:
+                    copied = os.copy_file_range(source, out_fd, remaining, offset)
+                    if copied == 0:
+                        raise SafetensorsFormatError(f"{self.reader.path}: file ends before byte {offset + remaining} "
+                                                     "(truncated?)")
+                    offset += copied
+                    remaining -= copied
+                return
+            except OSError as err:
+                # A kernel or pair of file systems that cannot copy between these files (EXDEV across
+                # mounts on some kernels, ENOSYS/EOPNOTSUPP/EINVAL elsewhere): the same bytes go through
+                # a buffer instead. Any other error (disk full, I/O) is the caller's to see.
+                if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+        buffer = memoryview(bytearray(min(remaining, CHUNK_BYTES)))
+        while remaining:
+            part = buffer[:min(remaining, len(buffer))]
+            self.reader._read_into(part, offset)
+            SafetensorsReader.bytes_read_total -= len(part)  # counted once, above
+            _write_all(out_fd, part)
+            offset += len(part)
+            remaining -= len(part)
+
+
+def _write_all(fd: int, data) -> None:
+    """`os.write` until every byte is out (a single call may write less than asked)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -142,19 +232,20 @@ class SafetensorsReader:
 class PendingTensor:
     """A tensor to write: its header facts now, its bytes later, part by part, in row-major order.
 
-    `parts()` lists zero-argument functions, each producing the next block of the tensor; they are
-    independent of each other, so a writer may compute several at once (see `PartPrefetcher`)."""
+    `parts()` lists zero-argument functions, each producing the next block of the tensor (an array, or
+    a `FileRange` of a source file to copy unchanged); they are independent of each other, so a writer
+    may compute several at once (see `PartPrefetcher`)."""
 
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
-    parts: Callable[[], Sequence[Callable[[], np.ndarray]]]
+    parts: Callable[[], Sequence[Callable[[], np.ndarray | FileRange]]]
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
-    def chunks(self) -> Iterator[np.ndarray]:
+    def chunks(self) -> Iterator[np.ndarray | FileRange]:
         """The blocks one after the other, each computed when asked for."""
         for part in self.parts():
             yield part()
@@ -173,28 +264,34 @@ def write_safetensors(path: str, tensors: list[PendingTensor], metadata: dict[st
         offset += tensor.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # keep the data 8-byte aligned, as the library does
-    with open(path, "wb") as fh, _BackgroundFlush(fh.fileno()) as flusher:
-        fh.write(struct.pack("<Q", len(encoded)))
-        fh.write(encoded)
-        unflushed = 0
-        for tensor in tensors:
-            written = 0
-            for chunk in tensor.chunks():
-                chunk = np.ascontiguousarray(chunk, dtype=tensor.dtype)
-                fh.write(chunk.tobytes() if chunk.ndim == 0 else memoryview(chunk.reshape(-1).view(np.uint8)))
-                written += chunk.nbytes
-                del chunk  # free it before the producer builds the next one
-            if written != tensor.nbytes:
-                raise RuntimeError(f"{path}: tensor {tensor.name!r} produced {written} bytes, expected {tensor.nbytes}")
-            if on_tensor is not None:
-                on_tensor(tensor)
-            unflushed += written
-            if unflushed >= FLUSH_EVERY_BYTES:
-                fh.flush()
-                flusher.request()
-                unflushed = 0
-        fh.flush()
-        os.fsync(fh.fileno())
+    # Unbuffered: array parts are large, and `FileRange` parts are copied at the descriptor's position.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with _BackgroundFlush(fd) as flusher:
+            _write_all(fd, struct.pack("<Q", len(encoded)) + encoded)
+            unflushed = 0
+            for tensor in tensors:
+                written = 0
+                for chunk in tensor.chunks():
+                    if isinstance(chunk, FileRange):
+                        chunk.copy_to(fd)
+                        written += chunk.nbytes
+                        continue
+                    chunk = np.ascontiguousarray(chunk, dtype=tensor.dtype)
+                    _write_all(fd, chunk.tobytes() if chunk.ndim == 0 else chunk.reshape(-1).view(np.uint8))
+                    written += chunk.nbytes
+                    del chunk  # free it before the producer builds the next one
+                if written != tensor.nbytes:
+                    raise RuntimeError(f"{path}: tensor {tensor.name!r} produced {written} bytes, expected {tensor.nbytes}")
+                if on_tensor is not None:
+                    on_tensor(tensor)
+                unflushed += written
+                if unflushed >= FLUSH_EVERY_BYTES:
+                    flusher.request()
+                    unflushed = 0
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     return 8 + len(encoded) + offset
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-TILE_ROWS = 16  # source rows per tile: the tile's output rows stay in cache while it is written
+# Source rows per tile: the tile's output rows stay in cache while it is written. Measured (float32,
+# best of 5, one thread, AMD EPYC): 8 x 1024 tiles 4.2 / 4.3 / 5.2 / 4.6 GB/s on 1024x4096 / 4096x1024 /
+# 768x3072 / 3072x768 kernels, 16 x 1024 2.6 / 3.5 / 3.8 / 3.3, 32 x 256 and square tiles <= 1.8.
+TILE_ROWS = 8
 TILE_COLUMNS = 1024
 SMALL = 1 << 16  # elements: below this the plain copy is as fast
 
