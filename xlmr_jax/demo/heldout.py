@@ -6,6 +6,12 @@ language as in training. In each row 15% of the tokens that are not `<s>`/`</s>`
 are replaced by `<mask>`, at positions drawn from a generator seeded by the row's index: every run
 masks the same tokens. A mask is right at top-k when its original token is among the k highest
 logits. The baseline answers every mask with the k tokens most frequent in the training text.
+
+Accuracy alone hides what a small model knows: where it is unsure, its single best guess is the
+most frequent token, exactly the baseline's, however well it ranks the rest. So the figures also
+give the mean negative log-likelihood of the masked tokens (nats per mask; lower is better)
+against a unigram model of the training text (token frequencies, add-one smoothed): the gap is
+what the model has learnt from the context.
 """
 
 from __future__ import annotations
@@ -27,13 +33,26 @@ def read_heldout(path: str) -> list[tuple[str, str]]:
         return [tuple(line.rstrip("\n").split("\t", 1)) for line in fh if line.strip()]
 
 
-def most_frequent_tokens(tokenizer, lines: Sequence[str], k: int = 5) -> list[int]:
-    """The ids of the `k` most frequent tokens of `lines` (special tokens excluded; ties by id)."""
-    counts = collections.Counter()
+def token_counts(tokenizer, lines: Sequence[str]) -> np.ndarray:
+    """How often each id of the vocabulary occurs in `lines` (no special tokens added)."""
+    counts = np.zeros(len(tokenizer), np.int64)
     encoded = tokenizer(list(lines), add_special_tokens=False, return_attention_mask=False, return_tensors=None)
     for ids in encoded["input_ids"]:
-        counts.update(int(i) for i in ids)
-    return [token for token, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:k]]
+        np.add.at(counts, np.asarray(ids, np.int64), 1)
+    return counts
+
+
+def most_frequent_tokens(tokenizer, lines: Sequence[str], k: int = 5) -> list[int]:
+    """The ids of the `k` most frequent tokens of `lines` (special tokens excluded; ties by id)."""
+    counts = token_counts(tokenizer, lines)
+    present = np.flatnonzero(counts)
+    return [int(i) for i in present[np.lexsort((present, -counts[present]))][:k]]
+
+
+def unigram_log_probs(tokenizer, lines: Sequence[str]) -> np.ndarray:
+    """log p(token) of a unigram model of `lines`, add-one smoothed over the vocabulary."""
+    counts = token_counts(tokenizer, lines) + 1.0
+    return np.log(counts / counts.sum())
 
 
 def packed_rows(tokenizer, heldout: Sequence[tuple[str, str]], max_length: int = 128) -> list[tuple[str, np.ndarray]]:
@@ -63,9 +82,11 @@ def masked_rows(tokenizer, rows: Sequence[np.ndarray]) -> list[tuple[np.ndarray,
 
 
 def heldout_accuracy(model, tokenizer, heldout: Sequence[tuple[str, str]], baseline_ids: Sequence[int],
-                     batch_size: int = 32) -> dict:
-    """Top-1 and top-5 accuracy over every mask of `heldout` ((language, text) pairs, grouped by
-    language), overall and per language, next to the most-frequent-token baseline's."""
+                     unigram: np.ndarray | None = None, batch_size: int = 32) -> dict:
+    """Top-1 and top-5 accuracy and the mean negative log-likelihood (`nll`, nats per mask) over
+    every mask of `heldout` ((language, text) pairs, grouped by language), overall and per language,
+    next to the most-frequent-token baseline's accuracy and, given `unigram` (`unigram_log_probs`),
+    that unigram model's `baseline_nll`."""
     import xlmr_jax
 
     forward = xlmr_jax.jit_forward(model)
@@ -73,6 +94,7 @@ def heldout_accuracy(model, tokenizer, heldout: Sequence[tuple[str, str]], basel
     examples = masked_rows(tokenizer, [ids for _, ids in rows])
     width = max(len(ids) for ids, _, _ in examples)
     hits = collections.defaultdict(lambda: np.zeros(5, np.int64))  # language -> masks, top1, top5, base1, base5
+    nats = collections.defaultdict(lambda: np.zeros(2))  # language -> summed nll of the model, of the unigram
     for start in range(0, len(examples), batch_size):
         chunk = range(start, min(start + batch_size, len(examples)))
         ids = np.full((batch_size, width), tokenizer.pad_token_id, np.int32)  # one shape: one compile
@@ -86,11 +108,19 @@ def heldout_accuracy(model, tokenizer, heldout: Sequence[tuple[str, str]], basel
             counts = hits[rows[i][0]]
             counts += [len(targets), (top5[:, 0] == targets).sum(), (top5 == targets[:, None]).any(axis=1).sum(),
                        (targets == baseline_ids[0]).sum(), np.isin(targets, baseline_ids[:5]).sum()]
+            at_masks = logits[row, positions].astype(np.float64)
+            peak = at_masks.max(axis=-1)
+            log_norm = peak + np.log(np.exp(at_masks - peak[:, None]).sum(axis=-1))
+            nats[rows[i][0]] += [(log_norm - at_masks[np.arange(len(targets)), targets]).sum(),
+                                 0.0 if unigram is None else -unigram[targets].sum()]
 
-    def scores(counts):
+    def scores(counts, summed):
         masks = int(counts[0])
-        return {"masks": masks, "top1": counts[1] / masks, "top5": counts[2] / masks,
-                "baseline_top1": counts[3] / masks, "baseline_top5": counts[4] / masks}
+        out = {"masks": masks, "top1": counts[1] / masks, "top5": counts[2] / masks,
+               "baseline_top1": counts[3] / masks, "baseline_top5": counts[4] / masks, "nll": summed[0] / masks}
+        if unigram is not None:
+            out["baseline_nll"] = summed[1] / masks
+        return out
 
-    return {"lines": len(heldout), "rows": len(rows), **scores(sum(hits.values())),
-            "per_language": {language: scores(counts) for language, counts in hits.items()}}
+    return {"lines": len(heldout), "rows": len(rows), **scores(sum(hits.values()), sum(nats.values())),
+            "per_language": {language: scores(counts, nats[language]) for language, counts in hits.items()}}

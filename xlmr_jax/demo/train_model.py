@@ -85,13 +85,15 @@ def pretrain(corpus: str, init_dir: str, run_dir: str, max_steps: int) -> dict:
 
 def evaluate(model_dir: str, corpus: str) -> dict:
     import xlmr_jax
-    from xlmr_jax.demo.heldout import heldout_accuracy, most_frequent_tokens, read_heldout
+    from xlmr_jax.demo.heldout import heldout_accuracy, most_frequent_tokens, read_heldout, unigram_log_probs
 
     tokenizer = xlmr_jax.XLMRobertaTokenizer.from_pretrained(model_dir)
     model = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(model_dir)
     with open(os.path.join(corpus, "train.txt"), encoding="utf-8") as fh:
-        baseline = most_frequent_tokens(tokenizer, [line.rstrip("\n") for line in fh])
-    result = heldout_accuracy(model, tokenizer, read_heldout(os.path.join(corpus, "heldout.tsv")), baseline)
+        lines = [line.rstrip("\n") for line in fh]
+    baseline = most_frequent_tokens(tokenizer, lines)
+    result = heldout_accuracy(model, tokenizer, read_heldout(os.path.join(corpus, "heldout.tsv")), baseline,
+                              unigram_log_probs(tokenizer, lines))
     return {"baseline_token_ids": baseline, "baseline_tokens": tokenizer.convert_ids_to_tokens(baseline), **result}
 
 
