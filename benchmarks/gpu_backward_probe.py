@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
-from gpu_train_split import best_of  # noqa: E402
+import gpu
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from gpu_train_split import best_of
 
-import xlmr_jax  # noqa: E402
-from xlmr_jax.modeling.attention_choice import attention_implementation  # noqa: E402
+import xlmr_jax
+from xlmr_jax.modeling.attention_choice import attention_implementation
 
 smoke = "--smoke" in sys.argv
 batch, length = (4, 16) if smoke else (32, 128)

@@ -20,11 +20,11 @@ import optax
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu  # noqa: E402  (the shared helpers of the GPU benchmark)
+import gpu
 
-import xlmr_jax  # noqa: E402
-from xlmr_jax.training.optim import make_optimizer  # noqa: E402
-from xlmr_jax.training.steps import make_train_step  # noqa: E402
+import xlmr_jax
+from xlmr_jax.training.optim import make_optimizer
+from xlmr_jax.training.steps import make_train_step
 
 
 def best_of(call, repeats: int = 20) -> dict:

@@ -48,6 +48,19 @@ def make_checkpoint(directory, arch: str, *, seed: int = 0, **config_overrides) 
     return str(directory)
 
 
+# Throughput figures of a run's log: clock readings, never equal between two runs.
+TIMINGS = ("tokens_per_s", "samples_per_s")
+
+
+def read_metrics(output, *, without_timings: bool = False) -> list[dict]:
+    """The records of a run's `metrics.jsonl`, optionally without the throughput figures."""
+    with open(os.path.join(output, "metrics.jsonl"), encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh]
+    if without_timings:
+        records = [{k: v for k, v in record.items() if k not in TIMINGS} for record in records]
+    return records
+
+
 def write_jsonl(path, records: list[dict]) -> str:
     with open(path, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)

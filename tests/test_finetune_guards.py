@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from finetune_helpers import make_checkpoint, sentiment_records, write_jsonl
+from finetune_helpers import make_checkpoint, read_metrics, sentiment_records, write_jsonl
 from safetensors.numpy import load_file
 
 from xlmr_jax.cli import main
@@ -25,11 +25,6 @@ def setup(tmp_path_factory):
                             output=str(root / "out"), max_length=64, buckets=(64,), batch_size=8, max_steps=6,
                             mesh=None, log_every=1, progress=False)
     return root, config
-
-
-def _log(output) -> list[dict]:
-    with open(os.path.join(output, "metrics.jsonl"), encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
 
 
 def test_a_non_finite_loss_stops_the_run_and_names_the_last_good_checkpoint(setup, tmp_path):
@@ -50,7 +45,7 @@ def test_skipping_non_finite_updates_keeps_the_parameters_finite(setup, tmp_path
     skipping = dataclasses.replace(config, output=str(tmp_path / "run"), learning_rate=1e12, max_grad_norm=None,
                                    on_nonfinite="skip")
     summary = finetune(skipping)
-    skipped = sum(r.get("skipped_updates", 0) for r in _log(tmp_path / "run"))
+    skipped = sum(r.get("skipped_updates", 0) for r in read_metrics(tmp_path / "run"))
     assert skipped >= 1
     weights = load_file(os.path.join(summary["model"], "model.safetensors"))
     assert all(np.isfinite(w).all() for w in weights.values())

@@ -1,12 +1,11 @@
 """Masked- and causal-LM fine-tuning through `finetune`: packed rows, dynamic masks, the held-out
 loss falls, and the export is the reference's class (a decoder for causal LM)."""
 
-import json
 import os
 
 import pytest
 import transformers
-from finetune_helpers import make_checkpoint
+from finetune_helpers import make_checkpoint, read_metrics
 
 from xlmr_jax.demo.corpus import SENTENCES
 from xlmr_jax.finetune import FinetuneConfig, finetune
@@ -33,8 +32,7 @@ def test_language_model_fine_tuning_lowers_the_held_out_loss(corpus, task, arch)
         max_length=64, batch_size=8, max_steps=40, learning_rate=1e-3, warmup_ratio=0.1, eval_every=20,
         mesh=None, log_every=10, progress=False, seed=1,
     ))
-    with open(output / "metrics.jsonl", encoding="utf-8") as fh:
-        evals = [json.loads(line)["eval"] for line in fh if '"eval"' in line]
+    evals = [record["eval"] for record in read_metrics(output) if "eval" in record]
     assert len(evals) == 2
     assert evals[-1]["loss"] < evals[0]["loss"]
     assert summary["metric"] == "loss" and summary["best"] == min(e["loss"] for e in evals)

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 import transformers
-from finetune_helpers import make_checkpoint, sentiment_records, write_jsonl
+from finetune_helpers import make_checkpoint, read_metrics, sentiment_records, write_jsonl
 from safetensors.numpy import load_file
 
 from xlmr_jax.demo import DEMO_CHECKPOINT
@@ -53,8 +53,7 @@ def test_adapters_learn_and_export_merged(config, tmp_path, quantization):
 
 def _adapter_run(config, output: str, mesh) -> tuple[list[float], dict[str, np.ndarray]]:
     summary = finetune(dataclasses.replace(config, output=output, mesh=mesh))
-    with open(os.path.join(output, "metrics.jsonl"), encoding="utf-8") as fh:
-        losses = [record["loss"] for record in map(json.loads, fh) if "loss" in record]
+    losses = [record["loss"] for record in read_metrics(output) if "loss" in record]
     adapter_dir = os.path.join(summary["model"], "adapter")
     weights = {}
     for name in sorted(os.listdir(adapter_dir)):

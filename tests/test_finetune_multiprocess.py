@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from finetune_helpers import make_checkpoint, sentiment_records, write_jsonl
+from finetune_helpers import make_checkpoint, read_metrics, sentiment_records, write_jsonl
 from processes import free_port, run_together
 from reference_models import padded_batch
 from safetensors.numpy import load_file
@@ -22,7 +22,6 @@ from xlmr_jax.cli import main as cli_main
 from xlmr_jax.finetune import FinetuneConfig, finetune
 
 LABELS = dict(id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
-TIMINGS = ("tokens_per_s", "samples_per_s")
 STEPS, EVAL_EVERY, LEARNING_RATE = 6, 3, 1e-3
 # Two processes sum gradients over 8 devices through gloo, one device sums them inside one XLA
 # program: the same global batches, summed in another order, so the runs agree to rounding; and Adam
@@ -42,15 +41,12 @@ LOGITS_ATOL = 3e-6
 
 
 def _log(output) -> list[dict]:
-    """metrics.jsonl without the throughput figures (clock readings) and the summary (it names paths)."""
-    with open(os.path.join(output, "metrics.jsonl"), encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh]
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records if "summary" not in r]
+    """metrics.jsonl without the throughput figures and the summary (it names paths)."""
+    return [r for r in read_metrics(output, without_timings=True) if "summary" not in r]
 
 
 def _summary(output) -> dict:
-    with open(os.path.join(output, "metrics.jsonl"), encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh][-1]["summary"]
+    return read_metrics(output)[-1]["summary"]
 
 
 def _exported(output) -> dict[str, np.ndarray]:

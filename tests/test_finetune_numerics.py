@@ -5,13 +5,19 @@ losses within 1e-4 relative at every step and parameters within 1e-4 at the end.
 """
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
 import torch
 import transformers
-from finetune_helpers import make_checkpoint, ner_records, qa_records, sentiment_records, write_jsonl
+from finetune_helpers import (
+    make_checkpoint,
+    ner_records,
+    qa_records,
+    read_metrics,
+    sentiment_records,
+    write_jsonl,
+)
 from optim_reference import assert_params_close, train_reference
 
 from xlmr_jax.finetune import FinetuneConfig, finetune
@@ -64,8 +70,7 @@ def test_twenty_steps_match_the_reference_training(task, tmp_path, one_torch_thr
     torch_model = getattr(transformers, arch).from_pretrained(checkpoint)
     reference_losses = train_reference(torch_model, [{k: v.astype(np.int64) for k, v in b.items()} for b in batches],
                                        lr=LR, warmup=WARMUP, weight_decay=WEIGHT_DECAY, max_grad_norm=1.0)
-    with open(tmp_path / "out" / "metrics.jsonl", encoding="utf-8") as fh:
-        logged = [json.loads(line) for line in fh]
+    logged = read_metrics(tmp_path / "out")
     our_losses = [r["loss"] for r in logged if "loss" in r]
     assert [r["step"] for r in logged if "loss" in r] == list(range(1, STEPS + 1))
     np.testing.assert_allclose(our_losses, reference_losses, rtol=1e-4)

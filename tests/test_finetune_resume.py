@@ -3,12 +3,11 @@ same losses at every step and the same exported bytes (one device, dropout on, s
 must line up too), and only the last K checkpoints plus the best are kept."""
 
 import dataclasses
-import json
 import os
 import shutil
 
 import pytest
-from finetune_helpers import make_checkpoint, sentiment_records, write_jsonl
+from finetune_helpers import make_checkpoint, read_metrics, sentiment_records, write_jsonl
 
 from xlmr_jax.finetune import FinetuneConfig, finetune
 
@@ -33,13 +32,8 @@ def finished(tmp_path_factory):
     return config, root, summary
 
 
-TIMINGS = ("tokens_per_s", "samples_per_s")
-
-
 def _log(output) -> list[dict]:
-    """The run's log lines without the throughput figures (clock readings, never equal twice)."""
-    with open(os.path.join(output, "metrics.jsonl"), encoding="utf-8") as fh:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in fh]
+    return read_metrics(output, without_timings=True)
 
 
 def _bytes(path) -> bytes:

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import transformers
+from finetune_helpers import read_metrics
 from processes import free_port, run_together
 
 from xlmr_jax.cli import build_parser
@@ -84,8 +85,7 @@ def test_train_mlm_trains_and_exports_on_one_process(text_file, tmp_path, capsys
     recorded = json.loads((out / "run_config.json").read_text())
     assert {k: recorded[k] for k in ("task", "model", "train_file", "max_steps", "pack", "batch_size")} == dict(
         task="masked-lm", model=TINY_CHECKPOINT, train_file=text_file, max_steps=3, pack=False, batch_size=8)
-    with open(out / "metrics.jsonl", encoding="utf-8") as fh:
-        logged = [r for r in map(json.loads, fh) if "loss" in r]
+    logged = [r for r in read_metrics(out) if "loss" in r]
     assert [r["step"] for r in logged] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in logged)
     assert [r["learning_rate"] for r in logged] == pytest.approx([5e-5] * 3)  # constant, as train-mlm's was
     _, info = transformers.XLMRobertaForMaskedLM.from_pretrained(out / "model", output_loading_info=True)
@@ -129,7 +129,6 @@ def test_train_mlm_on_two_processes_with_distributed_flags(text_file, tmp_path):
         assert '"total_steps": 2' in output  # every process ends with the summary
     assert "finetune masked-lm" in outputs[0] and "finetune masked-lm" not in outputs[1]  # progress: process 0
     assert len(list((out / "checkpoints" / "2" / "state").glob("ocdbt.process_*"))) == 2
-    with open(out / "metrics.jsonl", encoding="utf-8") as fh:  # written by process 0 alone
-        assert [r["step"] for r in map(json.loads, fh) if "loss" in r] == [1, 2]
+    assert [r["step"] for r in read_metrics(out) if "loss" in r] == [1, 2]  # written by process 0 alone
     _, info = transformers.XLMRobertaForMaskedLM.from_pretrained(out / "model", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
