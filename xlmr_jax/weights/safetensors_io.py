@@ -265,7 +265,7 @@ def write_safetensors(path: str, tensors: list[PendingTensor], metadata: dict[st
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # keep the data 8-byte aligned, as the library does
     # Unbuffered: array parts are large, and `FileRange` parts are copied at the descriptor's position.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # as open(path, "wb"): the umask decides
     try:
         with _BackgroundFlush(fd) as flusher:
             _write_all(fd, struct.pack("<Q", len(encoded)) + encoded)
