@@ -190,7 +190,6 @@ class FileRange:
 
     def copy_to(self, out_fd: int) -> None:
         """Append the bytes at `out_fd`'s position."""
-        SafetensorsReader.bytes_read_total += self.nbytes
         source, offset, remaining = self.reader._fd, self.start, self.nbytes
         if hasattr(os, "copy_file_range"):
             try:
@@ -199,6 +198,7 @@ class FileRange:
                     if copied == 0:
                         raise SafetensorsFormatError(f"{self.reader.path}: file ends before byte {offset + remaining} "
                                                      "(truncated?)")
+                    SafetensorsReader.bytes_read_total += copied
                     offset += copied
                     remaining -= copied
                 return
@@ -211,8 +211,7 @@ class FileRange:
         buffer = memoryview(bytearray(min(remaining, CHUNK_BYTES)))
         while remaining:
             part = buffer[:min(remaining, len(buffer))]
-            self.reader._read_into(part, offset)
-            SafetensorsReader.bytes_read_total -= len(part)  # counted once, above
+            self.reader._read_into(part, offset)  # counts the bytes it reads
             _write_all(out_fd, part)
             offset += len(part)
             remaining -= len(part)
