@@ -6,8 +6,9 @@ What it measures
        32 x 128 (`--batches`, `--length`); every row is `--length` real tokens, the same ids and
        labels on both sides. The two take turns, one step each per round; best of the rounds.
        * ours: `make_optimizer` + `make_train_step(model, optimizer, with_grad_norm=True)` exactly
-         as `finetune` builds them (one device, no mesh; fp32 compute and parameters), the batch
-         placed with `jnp.asarray` and the dropout key folded from the step, as `finetune` does.
+         as `finetune` builds them (one device, no mesh; fp32 compute and parameters; the layers
+         unrolled, finetune's default, or scanned with `--no-unroll-layers`), the batch placed with
+         `jnp.asarray` and the dropout key folded from the step, as `finetune` does.
        * reference: `transformers.XLMRobertaForSequenceClassification` with
          `attn_implementation="sdpa"` in `train()` mode; `torch.optim.AdamW` with the Trainer's two
          parameter groups (`Trainer.get_decay_parameter_names`) and the Trainer's default
@@ -42,7 +43,8 @@ How to read the numbers
     processes' load moves much less than wall time.
 
 Run:  python benchmarks/finetune.py [--batches 8 32] [--length 128] [--repeats 3] [--dropout 0.1]
-                                    [--corpus 96] [--bucket-batch 8] [--bucket-repeats 1] [--quick]
+                                    [--corpus 96] [--bucket-batch 8] [--bucket-repeats 1]
+                                    [--no-unroll-layers] [--quick]
 Writes benchmarks/results/finetune.{json,md} (not with --quick: tiny sizes, a smoke check of every
 code path that writes nothing).
 """
@@ -96,6 +98,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=int, default=96, help="texts in the skewed corpus (default 96)")
     parser.add_argument("--bucket-batch", type=int, default=8, help="batch size of the bucket epochs (default 8)")
     parser.add_argument("--bucket-repeats", type=int, default=1, help="epochs per contender, best kept (default 1)")
+    parser.add_argument("--no-unroll-layers", dest="unroll_layers", action="store_false",
+                        help="ours with the layers in a scan loop (finetune's --no-unroll-layers; default: "
+                             "unrolled, as finetune runs them)")
     parser.add_argument("--quick", action="store_true",
                         help="2 layers, hidden 64, vocab 1000, length 32, few steps; writes nothing")
     args = parser.parse_args(argv)
@@ -112,7 +117,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def benchmark_config(args) -> xlmr_jax.XLMRobertaConfig:
     """xlm-roberta-base with a 2-label head; --quick shrinks it to seconds."""
     config = xlmr_jax.XLMRobertaConfig.preset("base").replace(
-        num_labels=NUM_LABELS, hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
+        num_labels=NUM_LABELS, hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout,
+        unroll_layers=args.unroll_layers)
     if args.quick:
         config = config.replace(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                 intermediate_size=128)
@@ -516,7 +522,9 @@ def markdown_report(result: dict) -> str:
         (f"- Model: sequence classification, {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
          f"FFN {cfg['intermediate_size']}, {cfg['num_attention_heads']} heads, vocabulary {cfg['vocab_size']:,}, "
          f"{result['num_params']['ours']:,} parameters (reference {result['num_params']['reference']:,}); "
-         f"random weights; fp32; dropout {result['dropout']} on both sides."),
+         f"random weights; fp32; dropout {result['dropout']} on both sides; ours with the layers "
+         + ("unrolled (`unroll_layers`, finetune's default)." if result.get("unroll_layers", False)
+            else "in a scan loop (`--no-unroll-layers`).")),
         (f"- Optimisation (both): AdamW lr {LEARNING_RATE}, weight decay {WEIGHT_DECAY} off biases and LayerNorm "
          f"weights, betas {BETAS}, eps {EPS}, clip to global norm {MAX_GRAD_NORM}, linear schedule with "
          f"{WARMUP_RATIO:.0%} warmup over {SCHEDULE_STEPS} steps. Ours: `make_optimizer` + `make_train_step("
@@ -565,6 +573,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(
         benchmark=RESULTS_STEM, timestamp=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         command=exact_command(argv), quick=args.quick, dropout=args.dropout, length=args.length,
+        unroll_layers=args.unroll_layers,
         repeats=args.repeats, config=config.to_dict(), environment=env,
         embedding_share_of_params=embedding / ours.num_params, host_memory_kept=host_memory_kept,
     )

@@ -64,6 +64,7 @@ def test_twenty_steps_match_the_reference_training(task, tmp_path, one_torch_thr
     twin = prepare_run(dataclasses.replace(config, output=str(tmp_path / "unused")))
     batches = [{k: v for k, v in next(twin.train_batches).items() if not k.startswith("__")} for _ in range(STEPS)]
     assert len({b["input_ids"].shape[1] for b in batches}) == 2, "both buckets should occur"
+    assert twin.model.config.unroll_layers  # finetune's default: what these numbers check
 
     summary = finetune(config)
 

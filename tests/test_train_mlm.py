@@ -59,6 +59,9 @@ def test_the_alias_is_finetune_masked_lm_with_the_old_defaults():
     assert (changed.max_steps, changed.pack, changed.batch_size, changed.schedule, changed.mesh, changed.seed,
             changed.resume, changed.columns) == (3, True, 16, "linear", None, 7, True, {"body": "text"})
     assert config_of("train-mlm", "ckpt", "lines.txt", "out").max_steps is None  # then finetune's --epochs
+    # layers unrolled by default, the scan loop on request
+    assert config_of("train-mlm", "ckpt", "lines.txt", "out").unroll_layers is True
+    assert config_of("train-mlm", "ckpt", "lines.txt", "out", "--no-unroll-layers").unroll_layers is False
 
 
 def test_the_alias_has_no_task_to_choose(capsys):

@@ -21,6 +21,8 @@ HELP = {
     "validation_file": "evaluation data, same format",
     "mesh": 'devices as "data=2,fsdp=4" ("auto": all on data; "none": one device)',
     "buckets": "sequence widths, comma-separated (default: powers of two from 32 up to max-length)",
+    "unroll_layers": ("keep the layers in a lax.scan loop instead of straight-line code: a shorter "
+                      "compile, slower steps (for deep XL/XXL models)"),
     "columns": "rename a column: --column YOURS=OURS (repeatable), e.g. --column review=sentence1",
 }
 REQUIRED = ("task", "model", "train_file", "output")

@@ -77,6 +77,9 @@ class FinetuneConfig:
     dtype: str = "float32"                    # compute dtype; parameters and optimizer stay float32
     dropout: float | None = None              # None: the checkpoint's; 0 turns dropout off
     seed: int = 42
+    # The layers as straight-line code (XLMRobertaConfig.unroll_layers): faster steps, a longer
+    # compile; --no-unroll-layers keeps the scan loop (deep XL/XXL models, where compile time counts).
+    unroll_layers: bool = True
     on_nonfinite: str = "stop"                # a NaN/inf loss or gradient: stop, or skip the update
     # -- adapters and quantisation (QLoRA = both)
     lora_rank: int | None = None              # train LoRA adapters (and the task head) only

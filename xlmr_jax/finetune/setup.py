@@ -118,6 +118,7 @@ def prepare_run(config: FinetuneConfig) -> Run:
     overrides.pop("label2id", None)  # derived from id2label when the config is written
     if config.dropout is not None:
         overrides.update(hidden_dropout_prob=config.dropout, attention_probs_dropout_prob=config.dropout)
+    overrides["unroll_layers"] = config.unroll_layers
     dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     model_class = getattr(xlmr_jax, task.model_class_name)
     if config.quantization is not None:

@@ -1,5 +1,7 @@
 """The layer stack: parameters stacked on a leading `layers` axis and run by `jax.lax.scan`,
-so compile time does not grow with depth (36 layers of XL compile like one)."""
+so compile time does not grow with depth (36 layers of XL compile like one). With
+`config.unroll_layers` the same scan is emitted as straight-line code: faster train steps, longer
+compiles (see the config field)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class XLMRobertaEncoder(nnx.Module):
         self.num_layers = num_layers
         self.pre_layer_norm = config.pre_layer_norm
         self.remat = config.remat
+        self.unroll_layers = config.unroll_layers
 
     def project_cross_key_values(self, encoder_hidden_states: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Every layer's cross-attention keys/values, stacked: (layers, batch, length, heads, dim)."""
@@ -79,9 +82,12 @@ class XLMRobertaEncoder(nnx.Module):
             return (h, kv), (h if output_hidden_states else None, self_w, cross_w)
 
         if self.remat:
-            run_layer = jax.checkpoint(run_layer, prevent_cse=False)
+            # Inside a scan loop XLA cannot merge the recomputation with the forward pass; unrolled
+            # it could, so there the checkpoint must guard against that itself.
+            run_layer = jax.checkpoint(run_layer, prevent_cse=self.unroll_layers)
         (hidden_states, new_kv), (per_layer, self_w, cross_w) = jax.lax.scan(
-            run_layer, (hidden_states, cache_kv), (state, layer_rngs, layer_index, cross_kv)
+            run_layer, (hidden_states, cache_kv), (state, layer_rngs, layer_index, cross_kv),
+            unroll=self.unroll_layers,  # True: every layer as straight-line code (config.unroll_layers)
         )
         if self.pre_layer_norm:
             hidden_states = self.LayerNorm(hidden_states)
