@@ -1,5 +1,7 @@
 """Decoder mode: causal masking, KV cache, cross-attention, generation, against the reference."""
 
+import inspect
+
 import jax
 import numpy as np
 import pytest
@@ -44,7 +46,9 @@ def test_cached_steps_equal_full_forward_and_reference_past(reference_checkpoint
     with torch.no_grad():
         first = ref(torch.tensor(ids[:, :4]), use_cache=True)
         past = getattr(first, "past_key_values", None) or first.cache
-        second = ref(torch.tensor(ids[:, 4:]), past_key_values=past, use_cache=True)
+        # transformers >= 5.2x names it `cache` (`past_key_values` goes in 5.40); older releases the other way
+        cache_argument = "cache" if "cache" in inspect.signature(type(ref).forward).parameters else "past_key_values"
+        second = ref(torch.tensor(ids[:, 4:]), **{cache_argument: past}, use_cache=True)
     assert_close("logits with past_key_values", np.concatenate(step_logits[1:], axis=1), second.logits)
 
 
