@@ -85,7 +85,8 @@ class XLMRobertaConfig:
     # The same numbers (up to rounding); no per-layer slicing of the stacked weights or stacking of
     # the backward pass's saved activations, so a train step is faster (XLA CPU, base sizes:
     # 0.92x the step time at batch 8 x 128; with GELU's hand-written gradient 0.94x at 32 x 128),
-    # but the program grows with depth (compile time 1.6x at 12 layers). `xlmr-jax finetune` turns it on (`--no-unroll-layers`).
+    # but the program grows with depth (compile time 1.6x at 12 layers). `xlmr-jax finetune`
+    # turns it on (`--no-unroll-layers` keeps the loop).
     unroll_layers: bool = False
     # Unknown config.json keys, written back unchanged by `to_dict`.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
