@@ -74,6 +74,7 @@ from pipelines import matmul_peak_gflops
 
 import xlmr_jax
 from xlmr_jax.finetune.batches import BatchIterator
+from xlmr_jax.finetune.config import FinetuneConfig
 from xlmr_jax.training.optim import make_optimizer
 from xlmr_jax.training.steps import make_train_step
 
@@ -98,9 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--corpus", type=int, default=96, help="texts in the skewed corpus (default 96)")
     parser.add_argument("--bucket-batch", type=int, default=8, help="batch size of the bucket epochs (default 8)")
     parser.add_argument("--bucket-repeats", type=int, default=1, help="epochs per contender, best kept (default 1)")
+    # The default is finetune's own (FinetuneConfig.unroll_layers): "as finetune builds them".
     parser.add_argument("--no-unroll-layers", dest="unroll_layers", action="store_false",
+                        default=FinetuneConfig.unroll_layers,
                         help="ours with the layers in a scan loop (finetune's --no-unroll-layers; default: "
-                             "unrolled, as finetune runs them)")
+                             "finetune's setting)")
     parser.add_argument("--quick", action="store_true",
                         help="2 layers, hidden 64, vocab 1000, length 32, few steps; writes nothing")
     args = parser.parse_args(argv)
@@ -523,8 +526,9 @@ def markdown_report(result: dict) -> str:
          f"FFN {cfg['intermediate_size']}, {cfg['num_attention_heads']} heads, vocabulary {cfg['vocab_size']:,}, "
          f"{result['num_params']['ours']:,} parameters (reference {result['num_params']['reference']:,}); "
          f"random weights; fp32; dropout {result['dropout']} on both sides; ours with the layers "
-         + ("unrolled (`unroll_layers`, finetune's default)." if result.get("unroll_layers", False)
-            else "in a scan loop (`--no-unroll-layers`).")),
+         + ("unrolled (`unroll_layers`)" if result.get("unroll_layers", False) else "in a scan loop")
+         + (", finetune's default." if result.get("unroll_layers", False) == FinetuneConfig.unroll_layers
+            else ", not finetune's default.")),
         (f"- Optimisation (both): AdamW lr {LEARNING_RATE}, weight decay {WEIGHT_DECAY} off biases and LayerNorm "
          f"weights, betas {BETAS}, eps {EPS}, clip to global norm {MAX_GRAD_NORM}, linear schedule with "
          f"{WARMUP_RATIO:.0%} warmup over {SCHEDULE_STEPS} steps. Ours: `make_optimizer` + `make_train_step("
