@@ -58,6 +58,7 @@ import transformers
 from flax import nnx
 
 import xlmr_jax
+from xlmr_jax.modeling.chunking import feed_forward_chunks
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS_STEM = "encoder_forward"
@@ -75,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="untimed calls per side before timing (default 2)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype of both sides (default float32)")
+    parser.add_argument("--ffn-chunk-tokens", type=int, default=None,
+                        help="our feed-forward block over chunks of this many tokens (XLMRobertaConfig."
+                             "ffn_chunk_tokens; 0 never; default: the automatic choice)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny 2-layer model, batch 2, length 16, 2 repeats; a smoke check that writes nothing")
     args = parser.parse_args(argv)
@@ -353,7 +357,9 @@ def detail_lines(result: dict) -> list[str]:
          f"Our model init (jitted) {setup['our_model_init_s']:.1f} s."),
         (f"- Model: random weights (not shared: speed does not depend on values), no pooler on either "
          f"side: {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
-         f"{cfg['num_attention_heads']} heads, FFN {cfg['intermediate_size']}, vocab {cfg['vocab_size']}."),
+         f"{cfg['num_attention_heads']} heads, FFN {cfg['intermediate_size']}, vocab {cfg['vocab_size']}; "
+         f"ours runs its feed-forward block in {result.get('ffn_chunks', 1)} chunk(s) of the sequence "
+         f"(ffn_chunk_tokens={result.get('ffn_chunk_tokens')}; None: the automatic choice)."),
         (f"- Device: {env['device']} (JAX {env['jax_backend']}: {env['jax_device_kind']}; torch "
          f"{env['torch_device']}, torch.set_num_threads({env['torch_num_threads']}) = available cores "
          f"{env['available_cores']}); CPU {env['cpu']}."),
@@ -429,8 +435,11 @@ def main(argv: list[str] | None = None) -> dict:
     if device == "cpu" and args.dtype == "bfloat16":
         print("note: bf16 on the CPU; says little about bf16 on accelerators", flush=True)
 
-    config = benchmark_config(args.quick)
+    config = benchmark_config(args.quick).replace(ffn_chunk_tokens=args.ffn_chunk_tokens)
     ids, mask = make_padded_batch(args.batch, args.length, config.vocab_size, config.pad_token_id)
+    ffn_chunks = feed_forward_chunks(args.batch, args.length, config.ffn_chunk_tokens, deterministic=True)
+    print(f"our feed-forward block in {ffn_chunks} chunk(s) of the sequence "
+          f"(ffn_chunk_tokens={config.ffn_chunk_tokens})", flush=True)
     tokens, positions = int(mask.sum()), mask.size
     calls, setup = build_contenders(config, args, device, ids, mask)
 
@@ -452,6 +461,9 @@ def main(argv: list[str] | None = None) -> dict:
                     non_pad_tokens=tokens, positions=positions,
                     sequence_lengths=[int(n) for n in mask.sum(axis=1)], seed=SEED),
         config=config.to_dict(),
+        # not in config.json: how our forward ran its feed-forward block (XLMRobertaConfig.ffn_chunk_tokens)
+        ffn_chunk_tokens=config.ffn_chunk_tokens,
+        ffn_chunks=ffn_chunks,
         environment=env,
         setup=setup,
         ratio=ratios[OURS]["of_medians"],  # the headline: ours as the README calls it, over transformers

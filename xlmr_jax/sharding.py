@@ -251,6 +251,15 @@ def mesh_of(tree) -> Mesh | None:
     return None
 
 
+def batch_shards() -> int:
+    """How many ways the batch is split under the current mesh context (1 without one): what
+    each device holds of a batch is its size divided by this."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+        return 1
+    return _batch_ways(mesh)
+
+
 def constrain_batch(x: jax.Array) -> jax.Array:
     """Pin an activation (batch, ...) to be split on the batch axis over `data` x `fsdp` (logical
     axes ('batch', 'length', 'embed'): only 'batch' is sharded), so that FSDP gathers weights to

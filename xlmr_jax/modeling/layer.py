@@ -7,6 +7,7 @@ from flax import nnx
 
 from xlmr_jax.config import XLMRobertaConfig
 from xlmr_jax.modeling.attention import XLMRobertaAttention
+from xlmr_jax.modeling.chunking import chunked_feed_forward, feed_forward_chunks
 from xlmr_jax.modeling.layers import LayerNorm, activation, dense, dropout, fold_key
 
 
@@ -53,6 +54,7 @@ class XLMRobertaLayer(nnx.Module):
                                        dtype=dtype, param_dtype=param_dtype)
         self.pre_layer_norm = config.pre_layer_norm
         self.has_cross_attention = config.add_cross_attention
+        self.ffn_chunk_tokens = config.ffn_chunk_tokens
 
     def project_cross_key_value(self, encoder_hidden_states: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Cross-attention keys/values of the encoder states, computed once for a decoding cache."""
@@ -88,6 +90,10 @@ class XLMRobertaLayer(nnx.Module):
                 precomputed_key_value=cross_key_value, dropout_rng=fold_key(dropout_rng, 1), **common,
             )
         ffn_input = self.LayerNorm(x) if self.pre_layer_norm else x
-        out = self.output(self.intermediate(ffn_input), x, dropout_rng=fold_key(dropout_rng, 2),
-                          deterministic=deterministic)
+
+        def feed_forward(ffn_input, residual, rng):
+            return self.output(self.intermediate(ffn_input), residual, dropout_rng=rng, deterministic=deterministic)
+
+        chunks = feed_forward_chunks(*x.shape[:2], self.ffn_chunk_tokens, deterministic=deterministic)
+        out = chunked_feed_forward(feed_forward, ffn_input, x, chunks=chunks, dropout_rng=fold_key(dropout_rng, 2))
         return out, self_weights, cross_weights, new_cache
