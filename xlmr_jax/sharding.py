@@ -251,13 +251,17 @@ def mesh_of(tree) -> Mesh | None:
     return None
 
 
+def _batch_mesh():
+    """The current mesh context if it is one of ours (it has the batch axes), else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names) else mesh
+
+
 def batch_shards() -> int:
     """How many ways the batch is split under the current mesh context (1 without one): what
     each device holds of a batch is its size divided by this."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return 1
-    return _batch_ways(mesh)
+    mesh = _batch_mesh()
+    return 1 if mesh is None else _batch_ways(mesh)
 
 
 def constrain_batch(x: jax.Array) -> jax.Array:
@@ -265,9 +269,8 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     axes ('batch', 'length', 'embed'): only 'batch' is sharded), so that FSDP gathers weights to
     the batch rather than letting the compiler spread activations some other way. Only under a
     mesh context of ours whose axes the compiler places (Explicit axes carry shardings in types)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if (mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names)
-            or any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types)
+    mesh = _batch_mesh()
+    if (mesh is None or any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types)
             or x.ndim == 0 or x.shape[0] % _batch_ways(mesh)):
         return x
     axes = tuple(a for a in BATCH_AXES if mesh.shape[a] > 1)
