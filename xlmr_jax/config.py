@@ -93,7 +93,7 @@ class XLMRobertaConfig:
     # over slices of the sequence axis; the same numbers up to rounding), so that its 4x-wide
     # intermediate stays in the processor's cache instead of making round trips to memory. None:
     # automatic, chunks of `modeling.chunking.AUTO_CHUNK_TOKENS` for inference on CPU (XLA CPU, base
-    # sizes: 0.93x the forward time at 32 x 128 and 0.94x at 8 x 512; no gain for a train step,
+    # sizes: 0.93-0.94x the forward time at 32 x 128 and 0.94x at 8 x 512; no gain for a train step,
     # whose backward keeps the activations anyway); 0: never; an int: always, at that size.
     ffn_chunk_tokens: int | None = None
     # Unknown config.json keys, written back unchanged by `to_dict`.

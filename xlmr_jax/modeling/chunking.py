@@ -3,7 +3,7 @@
 On CPU the block's intermediate (tokens x 4h, 50 MB at base size and 32 x 128) does not fit the
 processor's cache: the up-projection writes it to memory, GELU reads and writes it, the
 down-projection reads it again. Run over chunks of ~1024 tokens, each chunk's intermediate stays in
-cache between the three (XLA CPU, base sizes, forward: 0.93x the time at 32 x 128, 0.94x at
+cache between the three (XLA CPU, base sizes, forward: 0.93-0.94x the time at 32 x 128, 0.94x at
 8 x 512). A train step gains nothing (its backward keeps the activations anyway), and on
 accelerators one large matmul is the better shape, so the automatic choice chunks only inference
 on CPU. Chunks are slices of the sequence axis, so a batch split over devices stays split.
