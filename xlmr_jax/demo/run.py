@@ -25,6 +25,7 @@ import numpy as np
 import xlmr_jax
 from xlmr_jax.convert import convert_checkpoint
 from xlmr_jax.demo.examples import FILL_MASK, PARITY_SENTENCES, SIMILARITY_PAIRS
+from xlmr_jax.demo.word_guesses import SCRIPTS, is_word
 
 # |ours - reference| <= PARITY_TOLERANCE * max(1, |reference|) at every compared element: 1e-5 as
 # the parity tests hold random-weight models to, scaled where a value exceeds 1 (the trained
@@ -215,14 +216,16 @@ def show_fill_mask(checkpoint: str) -> bool:
     texts = [text for _, text, _ in FILL_MASK]
     ours = fill(texts)
     print(f"fill-mask (pipeline, top 5; * marks the word that was masked): checkpoint {checkpoint}")
-    right = 0
+    right = wordlike = 0
     for (language, text, word), predictions in zip(FILL_MASK, ours, strict=True):
         words = [p["token_str"].strip() for p in predictions]
         right += word in words
+        wordlike += is_word(fill.tokenizer.convert_ids_to_tokens(predictions[0]["token"]), SCRIPTS[language])
         shown = ", ".join(f"{w or repr(p['token_str'])}{'*' if w == word else ''} {p['score']:.2f}"
                           for w, p in zip(words, predictions, strict=True))
         print(f"  {language}  {padded(text, 38)} {shown}")
-    print(f"  the masked word is among the top 5 in {right} of {len(FILL_MASK)} languages")
+    print(f"  the masked word is among the top 5 in {right} of {len(FILL_MASK)} languages; "
+          f"the best guess is a word of the sentence's script in {wordlike}")
     if not has_reference():
         return True
     import transformers

@@ -9,7 +9,8 @@
    LayerNorms, as the reference) of `MODEL` size, saved as an HF checkpoint;
 4. masked-LM pretraining with `xlmr_jax.finetune` (packed full sentences, AdamW with RoBERTa's
    beta2/eps, warmup + linear decay, evaluation on the held-out text every tenth of the run);
-5. held-out masked-token accuracy (`heldout.py`) next to the most-frequent-token baseline.
+5. held-out masked-token accuracy (`heldout.py`) next to the most-frequent-token baseline, and how
+   often a word masked in a single held-out message is guessed as a word (`word_guesses.py`).
 
 The output holds the exported model and tokenizer, `training_log.jsonl` (the run's metrics),
 `heldout.json` (the held-out numbers), `heldout.tsv` (the held-out text, BSD-licensed) and
@@ -86,15 +87,17 @@ def pretrain(corpus: str, init_dir: str, run_dir: str, max_steps: int, seed: int
 def evaluate(model_dir: str, corpus: str) -> dict:
     import xlmr_jax
     from xlmr_jax.demo.heldout import heldout_accuracy, most_frequent_tokens, read_heldout, unigram_log_probs
+    from xlmr_jax.demo.word_guesses import word_guesses
 
     tokenizer = xlmr_jax.XLMRobertaTokenizer.from_pretrained(model_dir)
     model = xlmr_jax.XLMRobertaForMaskedLM.from_pretrained(model_dir)
     with open(os.path.join(corpus, "train.txt"), encoding="utf-8") as fh:
         lines = [line.rstrip("\n") for line in fh]
     baseline = most_frequent_tokens(tokenizer, lines)
-    result = heldout_accuracy(model, tokenizer, read_heldout(os.path.join(corpus, "heldout.tsv")), baseline,
-                              unigram_log_probs(tokenizer, lines))
-    return {"baseline_token_ids": baseline, "baseline_tokens": tokenizer.convert_ids_to_tokens(baseline), **result}
+    heldout = read_heldout(os.path.join(corpus, "heldout.tsv"))
+    result = heldout_accuracy(model, tokenizer, heldout, baseline, unigram_log_probs(tokenizer, lines))
+    return {"baseline_token_ids": baseline, "baseline_tokens": tokenizer.convert_ids_to_tokens(baseline), **result,
+            "single_messages": word_guesses(model, tokenizer, heldout)}
 
 
 def build(output: str, work_dir: str, max_steps: int, seed: int = SEED) -> dict:
