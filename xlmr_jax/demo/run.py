@@ -25,7 +25,7 @@ import numpy as np
 import xlmr_jax
 from xlmr_jax.convert import convert_checkpoint
 from xlmr_jax.demo.examples import FILL_MASK, PARITY_SENTENCES, SIMILARITY_PAIRS
-from xlmr_jax.demo.word_guesses import SCRIPTS, is_word
+from xlmr_jax.demo.word_guesses import is_word
 
 # |ours - reference| <= PARITY_TOLERANCE * max(1, |reference|) at every compared element: 1e-5 as
 # the parity tests hold random-weight models to, scaled where a value exceeds 1 (the trained
@@ -220,7 +220,7 @@ def show_fill_mask(checkpoint: str) -> bool:
     for (language, text, word), predictions in zip(FILL_MASK, ours, strict=True):
         words = [p["token_str"].strip() for p in predictions]
         right += word in words
-        wordlike += is_word(fill.tokenizer.convert_ids_to_tokens(predictions[0]["token"]), SCRIPTS[language])
+        wordlike += is_word(fill.tokenizer.convert_ids_to_tokens(predictions[0]["token"]), language)
         shown = ", ".join(f"{w or repr(p['token_str'])}{'*' if w == word else ''} {p['score']:.2f}"
                           for w, p in zip(words, predictions, strict=True))
         print(f"  {language}  {padded(text, 38)} {shown}")

@@ -1,12 +1,14 @@
 """Does the model fill a masked word with a word? Held-out messages one at a time, one word masked.
 
 This is the demo's own situation: `xlmr-jax demo` gives the model one short sentence with one
-`<mask>` where a word was. Each held-out line becomes `<s>` line `</s>` (nothing packed around it);
-one of its word pieces (a piece of two or more letters, or one CJK / kana / Hangul letter, in the
-line's own script) is masked, chosen by a generator seeded with the line's index, so every run
-masks the same piece. Reported: top-1 and top-5 accuracy, and `word_top1`, how often the single
-best guess is itself a word piece in the line's script (the demo's "real words of the right
-language"), overall and per language. The packed figures of `heldout.py` measure the training
+`<mask>` where a word was. Each held-out line becomes `<s>` line `</s>` (nothing packed around it),
+and one whole word of it that is a single piece is masked, chosen by a generator seeded with the
+line's index, so every run masks the same piece. In the languages written with spaces a whole word
+is a piece that starts a word (`▁`) and is followed by the next word's start, punctuation or the
+end; in Chinese and Japanese, any piece of their letters. Reported: top-1 and top-5 accuracy and
+`word_top1`, how often the single best guess is itself a word of the line's script in the same
+sense (the demo's "real words of the right language"; suffixes, single letters, `▁` and
+punctuation are not), overall and per language. The figures of `heldout.py` measure the training
 task; these measure what a reader of the demo sees.
 """
 
@@ -28,31 +30,45 @@ SCRIPTS = {
     "hi": ("DEVANAGARI",), "zh": ("CJK",), "ja": ("CJK", "HIRAGANA", "KATAKANA"), "ko": ("HANGUL",),
 }
 _ONE_LETTER_WORDS = ("CJK", "HIRAGANA", "KATAKANA", "HANGUL")
+UNSPACED = ("zh", "ja")  # written without spaces between words
 
 
-def is_word(piece: str, scripts: Sequence[str]) -> bool:
-    """A sentencepiece piece that is (part of) a word in one of `scripts`: letters and their
-    combining marks only (after the `▁` word marker), the letters all in those scripts, two or more
-    of them, or one CJK / kana / Hangul letter."""
+def is_word(piece: str, language: str) -> bool:
+    """A sentencepiece piece that is a word of `language`'s script: letters and their combining marks
+    only (after the `▁` word marker), the letters all in the script, two or more of them or one CJK /
+    kana / Hangul letter; in a language written with spaces it must also start a word (`▁`)."""
+    if language not in UNSPACED and not piece.startswith("\u2581"):
+        return False
     text = piece.replace("\u2581", "")
     # combining marks (Devanagari vowel signs and virama, Arabic harakat) belong to the word
     if not text or not all(unicodedata.category(c)[0] in "LM" for c in text):
         return False
     names = [unicodedata.name(c, "").split(" ")[0] for c in text if unicodedata.category(c)[0] == "L"]
-    if not names or not all(name in scripts for name in names):
+    if not names or not all(name in SCRIPTS[language] for name in names):
         return False
     return len(names) >= 2 or names[0] in _ONE_LETTER_WORDS
 
 
+def is_whole_word(pieces: Sequence[str], position: int, language: str) -> bool:
+    """`pieces[position]` is a word of `language` on its own: a word piece (`is_word`) that, where
+    words are spaced, the next word, punctuation or the end follows (not the rest of its word)."""
+    if not is_word(pieces[position], language):
+        return False
+    if language in UNSPACED or position + 1 >= len(pieces):
+        return True
+    following = pieces[position + 1]
+    return following.startswith("\u2581") or not any(unicodedata.category(c)[0] == "L" for c in following)
+
+
 def masked_messages(tokenizer, heldout: Sequence[tuple[str, str]]) -> list[tuple[str, np.ndarray, int, int]]:
     """(language, masked ids, mask position, original id) for each held-out line that fits
-    `MAX_LENGTH` and has a word piece of its language's script."""
+    `MAX_LENGTH` and has a whole word of one piece (`is_whole_word`)."""
     encoded = tokenizer([text for _, text in heldout], return_attention_mask=False, return_tensors=None)
     examples = []
     for index, ((language, _), ids) in enumerate(zip(heldout, encoded["input_ids"])):
         ids = np.asarray(ids, np.int32)
         pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
-        candidates = [p for p in range(1, len(ids) - 1) if is_word(pieces[p], SCRIPTS[language])]
+        candidates = [p for p in range(1, len(ids) - 1) if is_whole_word(pieces[:-1], p, language)]
         if len(ids) > MAX_LENGTH or not candidates:
             continue
         position = int(np.random.default_rng([SEED, index]).choice(candidates))
@@ -82,7 +98,7 @@ def word_guesses(model, tokenizer, heldout: Sequence[tuple[str, str]], batch_siz
         top5 = np.argsort(-np.asarray(logits)[:, 0], axis=-1, kind="stable")[:, :5]
         for row, (language, _, _, target) in enumerate(chunk):
             best = tokenizer.convert_ids_to_tokens(int(top5[row, 0]))
-            counts[language] += [1, top5[row, 0] == target, target in top5[row], is_word(best, SCRIPTS[language])]
+            counts[language] += [1, top5[row, 0] == target, target in top5[row], is_word(best, language)]
 
     def scores(c):
         return {"masks": int(c[0]), "top1": c[1] / c[0], "top5": c[2] / c[0], "word_top1": c[3] / c[0]}
