@@ -14,7 +14,7 @@ import transformers
 import xlmr_jax
 from xlmr_jax.demo import DEMO_CHECKPOINT
 from xlmr_jax.demo.examples import FILL_MASK, PARITY_SENTENCES
-from xlmr_jax.demo.heldout import heldout_accuracy, masked_rows, packed_rows, read_heldout
+from xlmr_jax.demo.heldout import heldout_accuracy, line_rows, masked_rows, packed_rows, read_heldout
 from xlmr_jax.demo.word_guesses import SCRIPTS, is_whole_word, is_word, masked_messages, word_guesses
 
 # The shipped model (5,000 steps, still in masked LM's frequent-token phase at top-1) is 5.0 points
@@ -41,7 +41,8 @@ def test_shipped_model_beats_the_most_frequent_token_on_heldout_text(shipped):
     recorded, model, tokenizer = shipped
     heldout = read_heldout(os.path.join(DEMO_CHECKPOINT, "heldout.tsv"))
     assert len(heldout) >= 1000 and len({language for language, _ in heldout}) == 16
-    got = heldout_accuracy(model, tokenizer, heldout, recorded["baseline_token_ids"])
+    got = heldout_accuracy(model, tokenizer, heldout, recorded["baseline_token_ids"],
+                           packed=recorded.get("packed", True))  # the first demo model was trained packed
     assert got["masks"] == recorded["masks"] >= 2000
     assert got["top1"] >= got["baseline_top1"] - TOP1_SLACK, got
     assert got["top5"] >= got["baseline_top5"] + TOP5_MARGIN, got
@@ -133,6 +134,16 @@ def test_heldout_rows_are_one_language_each_and_masks_deterministic(shipped):
         assert np.array_equal(ids, ids2) and np.array_equal(positions, positions2) and len(positions) >= 1
         assert (ids[positions] == tokenizer.mask_token_id).all()
         assert not np.isin(targets, [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]).any()
+
+
+def test_heldout_line_rows_are_each_line_alone(shipped):
+    _, _, tokenizer = shipped
+    heldout = read_heldout(os.path.join(DEMO_CHECKPOINT, "heldout.tsv"))[:50]
+    rows = line_rows(tokenizer, heldout)
+    assert [language for language, _ in rows] == [language for language, _ in heldout]
+    for (_, text), (_, ids) in zip(heldout, rows):
+        body = tokenizer(text, add_special_tokens=False, return_tensors=None)["input_ids"]
+        assert ids.tolist() == [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
 
 
 def test_shipped_checkpoint_loads_in_transformers_with_the_same_logits(shipped):

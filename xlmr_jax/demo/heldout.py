@@ -1,11 +1,12 @@
 """Held-out masked-token accuracy of a masked LM, against predicting the most frequent tokens.
 
-The held-out lines are packed as the training text is (each line's tokens followed by `</s>`, rows
-of `<s>` + up to `max_length - 1` tokens), one language per row, so that a row is text of one
-language as in training. In each row 15% of the tokens that are not `<s>`/`</s>` (at least one)
-are replaced by `<mask>`, at positions drawn from a generator seeded by the row's index: every run
-masks the same tokens. A mask is right at top-k when its original token is among the k highest
-logits. The baseline answers every mask with the k tokens most frequent in the training text.
+The held-out lines are made rows as the training text was: each line alone (`<s>` line `</s>`,
+the demo model's recipe), or packed (each line's tokens followed by `</s>`, rows of `<s>` + up to
+`max_length - 1` tokens, one language per row; the first demo model's). In each row 15% of the
+tokens that are not `<s>`/`</s>` (at least one) are replaced by `<mask>`, at positions drawn from a
+generator seeded by the row's index: every run masks the same tokens. A mask is right at top-k
+when its original token is among the k highest logits. The baseline answers every mask with the k
+tokens most frequent in the training text.
 
 Accuracy alone hides what a small model knows: where it is unsure, its single best guess is the
 most frequent token, exactly the baseline's, however well it ranks the rest. So the figures also
@@ -68,6 +69,13 @@ def packed_rows(tokenizer, heldout: Sequence[tuple[str, str]], max_length: int =
     return rows
 
 
+def line_rows(tokenizer, heldout: Sequence[tuple[str, str]], max_length: int = 128) -> list[tuple[str, np.ndarray]]:
+    """(language, ids) rows: each line alone, `<s>` line `</s>`, cut to `max_length` as training cuts it."""
+    encoded = tokenizer([text for _, text in heldout], truncation=True, max_length=max_length,
+                        return_attention_mask=False, return_tensors=None)
+    return [(language, np.asarray(ids, np.int32)) for (language, _), ids in zip(heldout, encoded["input_ids"])]
+
+
 def masked_rows(tokenizer, rows: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(masked input ids, mask positions, original ids at them) per row, deterministically."""
     examples = []
@@ -82,15 +90,15 @@ def masked_rows(tokenizer, rows: Sequence[np.ndarray]) -> list[tuple[np.ndarray,
 
 
 def heldout_accuracy(model, tokenizer, heldout: Sequence[tuple[str, str]], baseline_ids: Sequence[int],
-                     unigram: np.ndarray | None = None, batch_size: int = 32) -> dict:
+                     unigram: np.ndarray | None = None, batch_size: int = 32, packed: bool = False) -> dict:
     """Top-1 and top-5 accuracy and the mean negative log-likelihood (`nll`, nats per mask) over
     every mask of `heldout` ((language, text) pairs, grouped by language), overall and per language,
     next to the most-frequent-token baseline's accuracy and, given `unigram` (`unigram_log_probs`),
-    that unigram model's `baseline_nll`."""
+    that unigram model's `baseline_nll`. `packed`: rows as `packed_rows` makes them, else `line_rows`."""
     import xlmr_jax
 
     forward = xlmr_jax.jit_forward(model)
-    rows = packed_rows(tokenizer, heldout)
+    rows = (packed_rows if packed else line_rows)(tokenizer, heldout)
     examples = masked_rows(tokenizer, [ids for _, ids in rows])
     width = max(len(ids) for ids, _, _ in examples)
     hits = collections.defaultdict(lambda: np.zeros(5, np.int64))  # language -> masks, top1, top5, base1, base5

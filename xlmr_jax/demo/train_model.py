@@ -30,15 +30,22 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 ASSET_DIR = os.path.join(os.path.dirname(__file__), "mini-xlm-roberta")
 VOCAB_SIZE = 8000
 SEED = 20260601
 MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
              max_position_embeddings=130)
 MAX_LENGTH = 128  # max_position_embeddings - 2 (fairseq positions start after the pad row)
-TRAINING = dict(batch_size=16, learning_rate=1e-3, warmup_ratio=0.05, schedule="linear", weight_decay=0.01,
+# One message per row (no packing), in length buckets: the demo gives the model one sentence at a
+# time, and with the first word always at the same position the model learns word order within the
+# hour; packed rows of neighbouring messages taught a bag of words instead (the 12-07 findings in
+# benchmarks/results). 128 rows of about 14 tokens: the packed recipe's tokens per step.
+TRAINING = dict(batch_size=128, learning_rate=1e-3, warmup_ratio=0.05, schedule="linear", weight_decay=0.01,
                 adam_b2=0.98, adam_eps=1e-6,  # RoBERTa pretraining's
-                max_steps=5000)
+                max_steps=5000, pack=False, buckets=(16, 32, 64, 128))
+POSITION_STD = 0.02  # the sinusoids scaled to the other weights' initial spread
 
 
 def train_sentencepiece(train_file: str, directory: str) -> str:
@@ -58,6 +65,17 @@ def train_sentencepiece(train_file: str, directory: str) -> str:
     return path
 
 
+def sinusoidal_positions(count: int, width: int) -> np.ndarray:
+    """(count, width) float32: the Transformer paper's sinusoids (sines in the first half of the
+    width, cosines in the second), scaled to a standard deviation of `POSITION_STD`. A start for the
+    learnt position embeddings (the architecture is XLM-R's, unchanged) in which the offset between
+    two positions is a fixed rotation, so attention can find a word's neighbours from the first step;
+    from normal(0.02) the small model had not learnt word order within the hour."""
+    angles = np.arange(count)[:, None] / 10000.0 ** (2 * np.arange(width // 2)[None, :] / width)
+    table = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+    return (table / table.std() * POSITION_STD).astype(np.float32)
+
+
 def initial_checkpoint(spm_path: str, directory: str, seed: int = SEED) -> None:
     """A freshly initialised masked LM with its tokenizer, as an HF checkpoint."""
     from flax import nnx
@@ -68,6 +86,9 @@ def initial_checkpoint(spm_path: str, directory: str, seed: int = SEED) -> None:
     tokenizer = XLMRobertaTokenizer(spm_path, model_max_length=MAX_LENGTH)
     config = xlmr_jax.XLMRobertaConfig(vocab_size=len(tokenizer), **MODEL)
     model = xlmr_jax.XLMRobertaForMaskedLM(config, rngs=nnx.Rngs(seed))
+    table = model.roberta.embeddings.position_embeddings.embedding
+    table.value = table.value.at[config.pad_token_id + 1:].set(
+        sinusoidal_positions(config.max_position_embeddings - config.pad_token_id - 1, config.hidden_size))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
@@ -79,7 +100,7 @@ def pretrain(corpus: str, init_dir: str, run_dir: str, max_steps: int, seed: int
     return finetune(FinetuneConfig(
         task="masked-lm", model=init_dir, train_file=os.path.join(corpus, "train.txt"),
         validation_file=os.path.join(corpus, "validation.txt"), output=run_dir, max_length=MAX_LENGTH,
-        pack=True, eval_every=max(1, max_steps // 10), save_every=max(1, max_steps // 5), keep_checkpoints=1,
+        eval_every=max(1, max_steps // 10), save_every=max(1, max_steps // 5), keep_checkpoints=1,
         mesh=None, dtype="float32", seed=seed, progress=False, log_every=10, overwrite=True, **settings,
     ))
 
@@ -95,8 +116,10 @@ def evaluate(model_dir: str, corpus: str) -> dict:
         lines = [line.rstrip("\n") for line in fh]
     baseline = most_frequent_tokens(tokenizer, lines)
     heldout = read_heldout(os.path.join(corpus, "heldout.tsv"))
-    result = heldout_accuracy(model, tokenizer, heldout, baseline, unigram_log_probs(tokenizer, lines))
-    return {"baseline_token_ids": baseline, "baseline_tokens": tokenizer.convert_ids_to_tokens(baseline), **result,
+    result = heldout_accuracy(model, tokenizer, heldout, baseline, unigram_log_probs(tokenizer, lines),
+                              packed=TRAINING["pack"])
+    return {"baseline_token_ids": baseline, "baseline_tokens": tokenizer.convert_ids_to_tokens(baseline),
+            "packed": TRAINING["pack"], **result,
             "single_messages": word_guesses(model, tokenizer, heldout)}
 
 
