@@ -190,3 +190,44 @@ def test_fill_mask_examples_are_held_out_and_mask_one_piece(shipped):
         assert (language, text.replace("<mask>", word)) in heldout, (language, text)
         pieces = tokenizer.tokenize(text.replace("<mask>", word))
         assert word in pieces or "\u2581" + word in pieces, (language, word, pieces)
+
+
+def _build_outputs(root, text):
+    """The files `package` gathers, each holding `text`."""
+    model_dir, run_dir, corpus = (root / name for name in ("model", "run", "corpus"))
+    for directory, names in ((model_dir, ["model.safetensors", "config.json"]), (run_dir, ["metrics.jsonl"]),
+                             (corpus, ["heldout.tsv", "stats.json"])):
+        directory.mkdir(exist_ok=True)
+        for name in names:
+            (directory / name).write_text(text)
+    return str(model_dir), str(run_dir), str(corpus)
+
+
+def test_packaging_replaces_the_model_whole_and_keeps_the_old_one_when_it_fails(tmp_path, monkeypatch):
+    from xlmr_jax.demo import train_model
+
+    output = tmp_path / "mini"
+    train_model.package(*_build_outputs(tmp_path, "old"), {"top1": 0.1}, str(output))
+    assert (output / "model.safetensors").read_text() == "old"
+    assert sorted(os.listdir(output)) == ["config.json", "corpus_stats.json", "heldout.json", "heldout.tsv",
+                                          "model.safetensors", "training_log.jsonl"]
+
+    real_replace = os.replace
+
+    def staged_rename_fails(source, target):
+        staged = os.path.basename(str(source)).startswith("mini-xlm-roberta-") and not str(source).endswith("-replaced")
+        if staged and str(target) == str(output):
+            raise OSError("disk full")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(train_model.os, "replace", staged_rename_fails)
+    with pytest.raises(OSError, match="disk full"):
+        train_model.package(*_build_outputs(tmp_path, "new"), {"top1": 0.2}, str(output))
+    assert (output / "model.safetensors").read_text() == "old"  # the user's model is still there
+    assert sorted(os.listdir(tmp_path)) == ["corpus", "mini", "model", "run"]  # no staging left behind
+
+    monkeypatch.setattr(train_model.os, "replace", real_replace)
+    train_model.package(*_build_outputs(tmp_path, "new"), {"top1": 0.2}, str(output))
+    assert (output / "model.safetensors").read_text() == "new"
+    assert json.loads((output / "heldout.json").read_text()) == {"top1": 0.2}
+    assert sorted(os.listdir(tmp_path)) == ["corpus", "mini", "model", "run"]

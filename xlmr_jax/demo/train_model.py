@@ -87,7 +87,7 @@ def initial_checkpoint(spm_path: str, directory: str, seed: int = SEED) -> None:
     config = xlmr_jax.XLMRobertaConfig(vocab_size=len(tokenizer), **MODEL)
     model = xlmr_jax.XLMRobertaForMaskedLM(config, rngs=nnx.Rngs(seed))
     table = model.roberta.embeddings.position_embeddings.embedding
-    table.value = table.value.at[config.pad_token_id + 1:].set(
+    table[...] = table[...].at[config.pad_token_id + 1:].set(
         sinusoidal_positions(config.max_position_embeddings - config.pad_token_id - 1, config.hidden_size))
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
@@ -164,9 +164,19 @@ def package(model_dir: str, run_dir: str, corpus: str, heldout: dict, output: st
         os.chmod(staging, 0o755)  # mkdtemp made it private
         for name in os.listdir(staging):
             os.chmod(os.path.join(staging, name), 0o644)
+        # The old model is moved aside, not deleted, until the new one is in place: a failure
+        # between the two renames puts it back, so `output` always holds one whole model.
+        retired = staging + "-replaced"
         if os.path.exists(output):
-            shutil.rmtree(output)
-        os.replace(staging, output)  # all or nothing
+            os.replace(output, retired)
+        try:
+            os.replace(staging, output)
+        except BaseException:
+            if os.path.exists(retired):
+                os.replace(retired, output)
+            raise
+        if os.path.exists(retired):
+            shutil.rmtree(retired)
     finally:
         if os.path.exists(staging):
             shutil.rmtree(staging)

@@ -66,10 +66,13 @@ def masked_messages(tokenizer, heldout: Sequence[tuple[str, str]]) -> list[tuple
     encoded = tokenizer([text for _, text in heldout], return_attention_mask=False, return_tensors=None)
     examples = []
     for index, ((language, _), ids) in enumerate(zip(heldout, encoded["input_ids"])):
+        if len(ids) > MAX_LENGTH:
+            continue
         ids = np.asarray(ids, np.int32)
-        pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
-        candidates = [p for p in range(1, len(ids) - 1) if is_whole_word(pieces[:-1], p, language)]
-        if len(ids) > MAX_LENGTH or not candidates:
+        # </s> left off: the line's end follows its last piece
+        pieces = tokenizer.convert_ids_to_tokens([int(i) for i in ids[:-1]])
+        candidates = [p for p in range(1, len(ids) - 1) if is_whole_word(pieces, p, language)]
+        if not candidates:
             continue
         position = int(np.random.default_rng([SEED, index]).choice(candidates))
         masked = ids.copy()
