@@ -7,7 +7,8 @@ gettext catalog (`*/locale/<lang>/LC_MESSAGES/*.mo`, with the standard library's
 writes, for the languages of `LANGUAGES`:
 
 - `train.txt` and `validation.txt`: one text per line, grouped by language and in catalog order
-  (so that a packed row of the masked-LM training mostly holds one language's neighbouring messages);
+  (where a training run packs lines, a row holds one language's neighbouring messages; the demo
+  model's recipe takes one message per row);
 - `heldout.tsv`: `language<TAB>text`, the validation lines with their language;
 - `stats.json`: lines and characters per language and split, and the sources.
 

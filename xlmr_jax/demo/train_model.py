@@ -6,17 +6,18 @@
 2. a sentencepiece unigram model with XLM-R's settings (nmt_nfkc, no byte fallback; the fairseq
    ids `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>` last) of `VOCAB_SIZE` pieces;
 3. a freshly initialised `XLMRobertaForMaskedLM` (ours: normal(0.02) weights, zero biases, unit
-   LayerNorms, as the reference) of `MODEL` size, saved as an HF checkpoint;
-4. masked-LM pretraining with `xlmr_jax.finetune` (packed full sentences, AdamW with RoBERTa's
-   beta2/eps, warmup + linear decay, evaluation on the held-out text every tenth of the run);
+   LayerNorms, as the reference; the position embeddings started from sinusoids,
+   `sinusoidal_positions`) of `MODEL` size, saved as an HF checkpoint;
+4. masked-LM pretraining with `xlmr_jax.finetune` (one message per row in length buckets, AdamW
+   with RoBERTa's beta2/eps, warmup + linear decay, evaluation on the held-out text every tenth of
+   the run);
 5. held-out masked-token accuracy (`heldout.py`) next to the most-frequent-token baseline, and how
    often a word masked in a single held-out message is guessed as a word (`word_guesses.py`).
 
 The output holds the exported model and tokenizer, `training_log.jsonl` (the run's metrics),
 `heldout.json` (the held-out numbers), `heldout.tsv` (the held-out text, BSD-licensed) and
-`corpus_stats.json`. About an hour on 2 CPU cores shared with other work (the README gives the
-shipped run's time); other hardware rounds differently, so a rebuild is not bit for bit the shipped
-model.
+`corpus_stats.json`. About 70 minutes on 2 CPU cores (the README gives the shipped run's time);
+other hardware rounds differently, so a rebuild is not bit for bit the shipped model.
 """
 
 from __future__ import annotations
