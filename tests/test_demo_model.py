@@ -17,16 +17,19 @@ from xlmr_jax.demo.examples import FILL_MASK, PARITY_SENTENCES
 from xlmr_jax.demo.heldout import heldout_accuracy, line_rows, masked_rows, packed_rows, read_heldout
 from xlmr_jax.demo.word_guesses import SCRIPTS, is_whole_word, is_word, masked_messages, word_guesses
 
-# The shipped model (5,000 steps, still in masked LM's frequent-token phase at top-1) is 5.0 points
-# above the baseline at top-5 and level with it at top-1, and its masked tokens cost 5.76 nats
-# against a unigram model's 7.38 (1.1-3.1 nats better in every language; heldout.json, the README).
-# A loading regression (a wrong or missing tensor) falls to or below the baselines; a model that
-# predicts worse than always answering `▁` fails the top-1 bound. Raise these when a better-trained
-# model ships.
-TOP5_MARGIN = 0.035
-TOP1_SLACK = 0.01
-NLL_MARGIN = 1.0  # nats per mask below the unigram model, overall
-LANGUAGE_NLL_MARGIN = 0.5  # and in each language
+# The shipped model (5,000 steps of one message per row) is 16.6 points above the most-frequent-token
+# baseline at top-1 and 28.7 at top-5 on the held-out lines, its masked tokens cost 4.29 nats against
+# a unigram model's 7.45 (2.6-3.6 nats better in every language), and its best guess for one word
+# masked in a single message is a word of the line's script 66% of the time (heldout.json, the
+# README). The bounds sit well below those and well above the first demo model (packed rows, a bag
+# of words: level with the baseline at top-1, +5.0 at top-5, 1.6 nats, 9.5% words), so a loading
+# regression or a recipe that stops learning word order fails them. A rebuild lands within a point
+# or so of the shipped figures (test_a_rebuild_lands_within_the_stated_margin).
+TOP1_MARGIN = 0.10
+TOP5_MARGIN = 0.20
+NLL_MARGIN = 2.0  # nats per mask below the unigram model, overall
+LANGUAGE_NLL_MARGIN = 1.5  # and in each language
+WORD_TOP1_MIN = 0.5  # one word masked in one message: the best guess is a word of the line's script
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def test_shipped_model_beats_the_most_frequent_token_on_heldout_text(shipped):
     got = heldout_accuracy(model, tokenizer, heldout, recorded["baseline_token_ids"],
                            packed=recorded.get("packed", True))  # the first demo model was trained packed
     assert got["masks"] == recorded["masks"] >= 2000
-    assert got["top1"] >= got["baseline_top1"] - TOP1_SLACK, got
+    assert got["top1"] >= got["baseline_top1"] + TOP1_MARGIN, got
     assert got["top5"] >= got["baseline_top5"] + TOP5_MARGIN, got
     # the unigram model needs the training text, which is not shipped: its figure is the recorded one
     assert got["nll"] <= recorded["baseline_nll"] - NLL_MARGIN, (got["nll"], recorded["baseline_nll"])
@@ -75,6 +78,7 @@ def test_single_message_word_guesses_are_the_recorded_ones(shipped):
     got = word_guesses(model, tokenizer, heldout)
     want = recorded["single_messages"]
     assert got["masks"] == want["masks"] == len(examples) >= 1000
+    assert got["word_top1"] >= WORD_TOP1_MIN, got
     for key in ("top1", "top5", "word_top1"):
         assert abs(got[key] - want[key]) <= 0.002, (key, got[key], want[key])
 
@@ -99,10 +103,12 @@ def test_whole_words_are_followed_by_the_next_word_or_punctuation():
 
 
 # How far a rebuild may land from the shipped model (README): measured once with another seed
-# (rebuild_heldout.json: top-1 +0.08, top-5 -0.03 points, NLL +0.009 nats; per language at most
-# 1.9 points of top-5 and 0.084 nats), stated with room for other hardware's rounding.
-REBUILD_MARGIN = {"top1": 0.01, "top5": 0.01, "nll": 0.05}
-REBUILD_LANGUAGE_MARGIN = {"top5": 0.03, "nll": 0.15}
+# (rebuild_heldout.json: top-1 -0.49, top-5 -0.19 points, NLL +0.041 nats, single-message words
+# -1.1 points; per language at most 7.1 points of top-5 (hi, 127 masks) and 0.14 nats (ja)),
+# stated with room for other hardware's rounding.
+REBUILD_MARGIN = {"top1": 0.01, "top5": 0.01, "nll": 0.08}
+REBUILD_LANGUAGE_MARGIN = {"top5": 0.10, "nll": 0.25}
+REBUILD_WORD_MARGIN = 0.03
 
 
 def test_a_rebuild_lands_within_the_stated_margin(shipped):
@@ -117,6 +123,9 @@ def test_a_rebuild_lands_within_the_stated_margin(shipped):
         for key, margin in REBUILD_LANGUAGE_MARGIN.items():
             shipped_value = recorded["per_language"][language][key]
             assert abs(scores[key] - shipped_value) <= margin, (language, key, scores[key], shipped_value)
+    rebuilt, shipped_words = rebuild["single_messages"], recorded["single_messages"]
+    assert rebuilt["masks"] == shipped_words["masks"]
+    assert abs(rebuilt["word_top1"] - shipped_words["word_top1"]) <= REBUILD_WORD_MARGIN, (rebuilt, shipped_words)
 
 
 def test_heldout_rows_are_one_language_each_and_masks_deterministic(shipped):
@@ -190,6 +199,16 @@ def test_fill_mask_examples_are_held_out_and_mask_one_piece(shipped):
         assert (language, text.replace("<mask>", word)) in heldout, (language, text)
         pieces = tokenizer.tokenize(text.replace("<mask>", word))
         assert word in pieces or "\u2581" + word in pieces, (language, word, pieces)
+
+
+def test_the_demos_best_guesses_are_words_of_each_sentences_language():
+    """The issue's bar for the demo: its predictions are real words of the right language for most
+    masks (the shipped model: 11 of 16; the first demo model: 0)."""
+    fill = xlmr_jax.pipeline("fill-mask", DEMO_CHECKPOINT, top_k=5)
+    predictions = fill([text for _, text, _ in FILL_MASK])
+    best = [fill.tokenizer.convert_ids_to_tokens(guesses[0]["token"]) for guesses in predictions]
+    words = [piece for (language, _, _), piece in zip(FILL_MASK, best, strict=True) if is_word(piece, language)]
+    assert len(words) > len(FILL_MASK) // 2, best
 
 
 def _build_outputs(root, text):
