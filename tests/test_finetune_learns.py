@@ -10,12 +10,17 @@ from xlmr_jax.demo import DEMO_CHECKPOINT
 from xlmr_jax.finetune import FinetuneConfig, finetune
 
 CASES = {
-    # task: (records, metric, bar, steps, extra config). Measured on the shipped model (5,000-step
-    # pretraining): every task reached 0.98-1.0 (SQuAD F1 99.5) at these counts (classification at 24).
+    # task: (records, metric, bar, steps, extra config). Text classification, NER and QA at lr 1e-3
+    # reached 0.98-1.0 (SQuAD F1 99.5) at these counts on the first shipped model and pass on today's.
     "text-classification": (sentiment_records, "accuracy", 0.95, 30, {}),
     "token-classification": (ner_records, "f1", 0.9, 40, {}),
     "question-answering": (qa_records, "f1", 90.0, 60, {}),
-    "multiple-choice": (choice_records, "accuracy", 0.95, 40, {"max_length": 32, "buckets": (32,)}),
+    # Today's model was pretrained one message per row, so it never saw a `</s></s>` pair before
+    # fine-tuning. At lr 1e-3 its multiple-choice loss sits at ln 4 from step 10 (gradient norm
+    # 0.03) and ends at chance; at 2e-4 over 120 steps fine-tuning seeds 0-3 end at 1.0 / 0.98 /
+    # 1.0 / 0.98 (3e-4: down to 0.97).
+    "multiple-choice": (choice_records, "accuracy", 0.95, 120,
+                        {"max_length": 32, "buckets": (32,), "learning_rate": 2e-4}),
 }
 
 
