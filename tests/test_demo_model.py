@@ -222,7 +222,7 @@ def _build_outputs(root, text):
     return str(model_dir), str(run_dir), str(corpus)
 
 
-def test_packaging_replaces_the_model_whole_and_keeps_the_old_one_when_it_fails(tmp_path, monkeypatch):
+def test_packaging_replaces_the_model_whole_keeping_the_rebuild_figures(tmp_path, monkeypatch):
     from xlmr_jax.demo import train_model
 
     output = tmp_path / "mini"
@@ -230,6 +230,7 @@ def test_packaging_replaces_the_model_whole_and_keeps_the_old_one_when_it_fails(
     assert (output / "model.safetensors").read_text() == "old"
     assert sorted(os.listdir(output)) == ["config.json", "corpus_stats.json", "heldout.json", "heldout.tsv",
                                           "model.safetensors", "training_log.jsonl"]
+    (output / "rebuild_heldout.json").write_text('{"top1": 0.09}')  # a second seed's figures, added by hand
 
     real_replace = os.replace
 
@@ -249,4 +250,5 @@ def test_packaging_replaces_the_model_whole_and_keeps_the_old_one_when_it_fails(
     train_model.package(*_build_outputs(tmp_path, "new"), {"top1": 0.2}, str(output))
     assert (output / "model.safetensors").read_text() == "new"
     assert json.loads((output / "heldout.json").read_text()) == {"top1": 0.2}
+    assert json.loads((output / "rebuild_heldout.json").read_text()) == {"top1": 0.09}  # carried over
     assert sorted(os.listdir(tmp_path)) == ["corpus", "mini", "model", "run"]

@@ -149,9 +149,13 @@ def build(output: str, work_dir: str, max_steps: int, seed: int = SEED) -> dict:
     return heldout
 
 
+REBUILD_FIGURES = "rebuild_heldout.json"
+
+
 def package(model_dir: str, run_dir: str, corpus: str, heldout: dict, output: str) -> None:
     """The exported model and tokenizer with the run's log, the held-out figures and text, and the
-    corpus statistics, written to `output` all at once (staged, then renamed into place)."""
+    corpus statistics, written to `output` all at once (staged, then renamed into place); the
+    replaced model's `rebuild_heldout.json` is carried over."""
     staging = tempfile.mkdtemp(prefix="mini-xlm-roberta-", dir=os.path.dirname(os.path.abspath(output)))
     try:
         for name in os.listdir(model_dir):
@@ -162,6 +166,11 @@ def package(model_dir: str, run_dir: str, corpus: str, heldout: dict, output: st
         with open(os.path.join(staging, "heldout.json"), "w", encoding="utf-8") as fh:
             json.dump(heldout, fh, indent=1, ensure_ascii=False)
             fh.write("\n")
+        # A second-seed build's figures (made by hand, see the README) measure the recipe's spread,
+        # not these weights: a rebuild keeps them, so its own figures can be held against them.
+        kept = os.path.join(output, REBUILD_FIGURES)
+        if os.path.exists(kept):
+            shutil.copy(kept, staging)
         os.chmod(staging, 0o755)  # mkdtemp made it private
         for name in os.listdir(staging):
             os.chmod(os.path.join(staging, name), 0o644)
