@@ -90,3 +90,38 @@ def test_a_best_step_between_saves_is_saved_for_the_export(finished, tmp_path):
     assert summary["best_step"] == summary["exported_step"] == 3
     steps = sorted(int(n) for n in os.listdir(tmp_path / "run" / "checkpoints") if n.isdigit())
     assert steps == [3, 6]
+
+
+@pytest.mark.parametrize("greater_is_better", [True, False])
+def test_a_resumed_run_keeps_the_best_checkpoint(tmp_path, greater_is_better):
+    """The best checkpoint outlives the last K in a resumed run too: the manager of the resumed run
+    reads the earlier checkpoints' metrics from disk (orbax keeps them in memory only unless told
+    to track the best), so its next save does not drop the best one."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from xlmr_jax.finetune.checkpoints import RunCheckpoints
+
+    good, worse = (0.9, 0.5) if greater_is_better else (0.5, 0.9)
+    state = {"w": jnp.arange(3.0)}
+
+    def manager():
+        return RunCheckpoints(str(tmp_path), keep=1, metric="m", greater_is_better=greater_is_better)
+
+    first = manager()
+    first.save(4, state, {"best": good}, {"m": good})
+    first.save(8, jax_tree_plus(state, 1.0), {"best": good}, {"m": worse})
+    assert sorted(first.all_steps()) == [4, 8]
+    first.close()
+
+    resumed = manager()
+    resumed.save(12, jax_tree_plus(state, 2.0), {"best": good}, {"m": worse})
+    assert sorted(resumed.all_steps()) == [4, 12]  # the last one and the best
+    restored, progress = resumed.restore(4, state)
+    np.testing.assert_array_equal(np.asarray(restored["w"]), [0.0, 1.0, 2.0])
+    assert progress == {"best": good}
+    resumed.close()
+
+
+def jax_tree_plus(tree, value):
+    return {name: leaf + value for name, leaf in tree.items()}

@@ -41,8 +41,13 @@ class RunCheckpoints:
         ])
         # Synchronous saves: the loop donates the state's buffers to the next step, so an
         # asynchronous copy still reading them would race with the update.
+        # `best_fn` too, although the preservation policy decides what is kept: orbax writes a
+        # checkpoint's metrics to disk only when `best_fn` is set. Without them a resumed run's manager
+        # saw the earlier checkpoints without metrics, BestN dropped the best one at the next save,
+        # and the export at the end failed to restore it.
         options = ocp.CheckpointManagerOptions(preservation_policy=preserve, enable_async_checkpointing=False,
-                                               create=True)
+                                               create=True, best_fn=metric_of,
+                                               best_mode="max" if greater_is_better else "min")
         self._manager = ocp.CheckpointManager(self.directory, options=options,
                                               item_names=("state", "progress"))
 
