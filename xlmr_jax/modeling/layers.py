@@ -166,8 +166,8 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None, deterministic: boo
     `x` becomes, in the gradient, a barrier on the masked and scaled cotangent (an optimization
     barrier's transpose is one), so that cotangent is written once, in order; without it XLA folded
     the select and the scale into the transposing copy that feeds the weight-gradient matmul, a
-    strided pass over three arrays (24 ms a site against 2 ms, ~0.5 s of the base train step at
-    32 x 128, measured with the profiler). Forward-mode differentiation works as before.
+    strided pass over three arrays (profiled on the base train step at 32 x 128: 24 ms a site and
+    0.57 s a step before, 8 ms and 0.20 s after). Forward-mode differentiation works as before.
     """
     if deterministic or rate == 0.0:
         return x
