@@ -97,6 +97,7 @@ def test_a_resumed_run_keeps_the_best_checkpoint(tmp_path, greater_is_better):
     """The best checkpoint outlives the last K in a resumed run too: the manager of the resumed run
     reads the earlier checkpoints' metrics from disk (orbax keeps them in memory only unless told
     to track the best), so its next save does not drop the best one."""
+    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -110,18 +111,14 @@ def test_a_resumed_run_keeps_the_best_checkpoint(tmp_path, greater_is_better):
 
     first = manager()
     first.save(4, state, {"best": good}, {"m": good})
-    first.save(8, jax_tree_plus(state, 1.0), {"best": good}, {"m": worse})
+    first.save(8, jax.tree.map(lambda w: w + 1.0, state), {"best": good}, {"m": worse})
     assert sorted(first.all_steps()) == [4, 8]
     first.close()
 
     resumed = manager()
-    resumed.save(12, jax_tree_plus(state, 2.0), {"best": good}, {"m": worse})
+    resumed.save(12, jax.tree.map(lambda w: w + 2.0, state), {"best": good}, {"m": worse})
     assert sorted(resumed.all_steps()) == [4, 12]  # the last one and the best
     restored, progress = resumed.restore(4, state)
     np.testing.assert_array_equal(np.asarray(restored["w"]), [0.0, 1.0, 2.0])
     assert progress == {"best": good}
     resumed.close()
-
-
-def jax_tree_plus(tree, value):
-    return {name: leaf + value for name, leaf in tree.items()}

@@ -138,22 +138,27 @@ class Embedding(nnx.Module):
 DROPOUT_MASK_BITS = 16
 
 
+def _keep_threshold(rate: float) -> int:
+    """How many of the 2^16 values of a draw keep an entry: 1 - rate rounded, at least one (so a
+    rate just below 1 still keeps something and the scale stays finite)."""
+    return max(1, round((1.0 - rate) * (1 << DROPOUT_MASK_BITS)))
+
+
 def dropout_keep_probability(rate: float) -> float:
     """The probability of keeping an entry that `dropout(x, rate, ...)` realises: 1 - rate rounded to
-    a multiple of 2^-16 (at least one step, so a rate just below 1 still keeps something)."""
-    steps = 1 << DROPOUT_MASK_BITS
-    return max(1, round((1.0 - rate) * steps)) / steps
+    a multiple of 2^-16."""
+    return _keep_threshold(rate) / (1 << DROPOUT_MASK_BITS)
 
 
 def dropout_keep_mask(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
     """Boolean keep mask of `shape`, True with probability `dropout_keep_probability(rate)`.
     One uint32 draw gives two entries of the last axis: its low half the first half of the axis,
     its high half the second (a split of the last axis keeps a sharded batch sharded)."""
-    steps = 1 << DROPOUT_MASK_BITS
-    threshold = jnp.uint32(round(dropout_keep_probability(rate) * steps))
+    threshold = jnp.uint32(_keep_threshold(rate))
+    low_half = jnp.uint32((1 << DROPOUT_MASK_BITS) - 1)
     *lead, last = shape
     bits = jax.random.bits(rng, (*lead, (last + 1) // 2), jnp.uint32)
-    keep = jnp.concatenate([(bits & (steps - 1)) < threshold, (bits >> DROPOUT_MASK_BITS) < threshold], axis=-1)
+    keep = jnp.concatenate([(bits & low_half) < threshold, (bits >> DROPOUT_MASK_BITS) < threshold], axis=-1)
     return keep[..., :last]
 
 
